@@ -1,0 +1,414 @@
+//! `harness kernel`: the base tree, the patched tree and cached builds.
+//!
+//! Layout under the build directory:
+//! - `linux/`: the base source as a git repo, one commit tagged `base`;
+//! - `linux-patched/`: a worktree of it with `kernel-patch/series` applied by
+//!   `git am`, one commit per patch;
+//! - `build/<name>/`: one `O=` build directory per (tree, config, KVM mode),
+//!   with `kernel.json` describing a finished build and the key it was
+//!   built for. A build whose key matches is reused as it is.
+//!
+//! Re-applying a changed series only rewrites the files the patches touch,
+//! so the `O=` builds stay incremental.
+
+use crate::deps::{self, BasePin};
+use crate::{cmd, paths, series::Series};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Bump when the build recipe below changes in a way that affects outputs.
+const RECIPE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum Config {
+    /// `fast.config`: a minimal kernel for quick runs.
+    Fast,
+    /// `fast.config` + `debug.config`: KASAN, lockdep, atomic-sleep checks.
+    Debug,
+}
+
+impl Config {
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Fast => "fast",
+            Config::Debug => "debug",
+        }
+    }
+
+    fn fragments(self) -> Vec<PathBuf> {
+        let dir = paths::kernel_patch_dir();
+        match self {
+            Config::Fast => vec![dir.join("fast.config")],
+            Config::Debug => vec![dir.join("fast.config"), dir.join("debug.config")],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum Tree {
+    /// The unpatched base tree.
+    Base,
+    /// The base tree with `kernel-patch/series` applied.
+    Patched,
+}
+
+impl Tree {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Base => "base",
+            Tree::Patched => "patched",
+        }
+    }
+}
+
+/// How KVM is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvmMode {
+    Module,
+    BuiltIn,
+}
+
+/// What one build is for.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildSpec {
+    pub tree: Tree,
+    pub config: Config,
+    pub kvm: KvmMode,
+}
+
+/// A finished build, as recorded in `kernel.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Kernel {
+    pub key: String,
+    pub tree: Tree,
+    pub config: Config,
+    pub kvm: KvmMode,
+    /// `<package> <version>` of the base source actually used.
+    pub base: String,
+    pub release: String,
+    pub bzimage: PathBuf,
+    /// Modules the test VM loads, in load order (empty when KVM is built in).
+    pub modules: Vec<PathBuf>,
+    /// Built kselftest binaries, by name relative to selftests/kvm.
+    pub kselftests: Vec<(String, PathBuf)>,
+}
+
+impl BuildSpec {
+    fn dir_name(self) -> String {
+        let mut name = format!("{}-{}", self.tree.name(), self.config.name());
+        if self.kvm == KvmMode::BuiltIn {
+            name.push_str("-kvm-y");
+        }
+        name
+    }
+
+    pub fn out_dir(self) -> PathBuf {
+        paths::build_dir().join("build").join(self.dir_name())
+    }
+}
+
+/// The base source actually installed (which may differ from the pin when the
+/// pinned version is no longer offered; `deps` says so when it installs).
+pub fn installed_base() -> Result<(BasePin, PathBuf)> {
+    let pin = BasePin::load()?;
+    let Some(version) = deps::installed_version(&pin.package) else {
+        bail!(
+            "{} is not installed: run `cargo xtask deps` (as root) first",
+            pin.package
+        );
+    };
+    if version != pin.version {
+        eprintln!(
+            "kernel: using {} {version}, not the pinned {} (not offered any more?)",
+            pin.package, pin.version
+        );
+    }
+    let tarball = PathBuf::from(format!("/usr/src/{}.tar.xz", pin.package));
+    if !tarball.exists() {
+        bail!(
+            "{} is missing although {} is installed: reinstall it",
+            tarball.display(),
+            pin.package
+        );
+    }
+    Ok((
+        BasePin {
+            package: pin.package,
+            version,
+        },
+        tarball,
+    ))
+}
+
+fn git(tree: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.arg("-C")
+        .arg(tree)
+        .args(["-c", "user.name=kvmreg harness"])
+        .args(["-c", "user.email=harness@kvmreg.invalid"])
+        .args(["-c", "core.autocrlf=false"]);
+    c
+}
+
+/// Makes sure `linux/` holds the installed base version, committed and
+/// tagged `base`.
+pub fn ensure_base_tree() -> Result<BasePin> {
+    let (pin, tarball) = installed_base()?;
+    let tree = paths::base_tree();
+    let stamp = paths::build_dir().join("linux.version");
+    let want = format!("{} {}", pin.package, pin.version);
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return Ok(pin);
+    }
+    eprintln!("kernel: extracting {want} into {}", tree.display());
+    for dir in [tree.clone(), paths::patched_tree()] {
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+    }
+    let _ = fs::remove_file(paths::build_dir().join("linux-patched.series"));
+    fs::create_dir_all(&tree)?;
+    cmd::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("--strip-components=1")
+            .arg("-C")
+            .arg(&tree),
+    )?;
+    cmd::run(git(&tree).args(["init", "-q"]))?;
+    // Debian's top-level .gitignore ignores everything at the top (`/*`):
+    // force-add so the base commit really holds the whole tree.
+    cmd::run(git(&tree).args(["add", "-f", "-A", "."]))?;
+    cmd::run(
+        git(&tree)
+            .args(["commit", "-q", "-m"])
+            .arg(format!("base: {want}")),
+    )?;
+    cmd::run(git(&tree).args(["tag", "-f", "base"]))?;
+    fs::write(&stamp, &want)?;
+    Ok(pin)
+}
+
+/// Makes sure `linux-patched/` is `base` plus exactly `series`.
+pub fn ensure_patched_tree(series: &Series) -> Result<()> {
+    let tree = paths::patched_tree();
+    let stamp = paths::build_dir().join("linux-patched.series");
+    let want = series.hash();
+    if !tree.join(".git").exists() {
+        cmd::run(
+            git(&paths::base_tree())
+                .args(["worktree", "add", "-f", "--detach"])
+                .arg(&tree)
+                .arg("base"),
+        )?;
+    } else if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    let _ = fs::remove_file(&stamp);
+    let _ = cmd::capture(git(&tree).args(["am", "--abort"]));
+    cmd::run(git(&tree).args(["checkout", "-q", "-f", "--detach", "base"]))?;
+    cmd::run(git(&tree).args(["clean", "-q", "-f", "-d", "-x"]))?;
+    series.apply(&tree, None)?;
+    fs::write(&stamp, &want)?;
+    Ok(())
+}
+
+fn cache_key(spec: BuildSpec, pin: &BasePin, series: &Series) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(format!(
+        "recipe {RECIPE_VERSION}\nbase {} {}\ntree {}\nconfig {}\nkvm {:?}\n",
+        pin.package,
+        pin.version,
+        spec.tree.name(),
+        spec.config.name(),
+        spec.kvm
+    ));
+    for frag in spec.config.fragments() {
+        h.update(fs::read(&frag).with_context(|| format!("cannot read {}", frag.display()))?);
+    }
+    if spec.tree == Tree::Patched {
+        h.update(series.hash());
+    }
+    if let Some(list) = kselftest_list()? {
+        h.update(list.join("\n"));
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Names of the kselftests to build, from `kernel-patch/selftests.txt`.
+pub fn kselftest_list() -> Result<Option<Vec<String>>> {
+    let path = paths::kernel_patch_dir().join("selftests.txt");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = fs::read_to_string(&path)?;
+    Ok(Some(
+        text.lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+    ))
+}
+
+fn make(tree: &Path, out: &Path) -> Command {
+    let mut c = Command::new("make");
+    c.arg("-C").arg(tree).arg(format!("O={}", out.display()));
+    c
+}
+
+/// Writes `.config` for `spec` into `out`: tinyconfig, then the fragments,
+/// then the KVM mode; fails if Kconfig dropped any option a fragment asks for.
+pub fn configure(tree: &Path, out: &Path, spec: BuildSpec) -> Result<()> {
+    fs::create_dir_all(out)?;
+    cmd::run(make(tree, out).arg("-s").arg("tinyconfig"))?;
+    let mut fragments = spec.config.fragments();
+    if spec.kvm == KvmMode::BuiltIn {
+        let frag = out.join("kvm-y.config");
+        fs::write(
+            &frag,
+            "CONFIG_KVM=y\nCONFIG_KVM_AMD=y\nCONFIG_KVM_INTEL=y\n",
+        )?;
+        fragments.push(frag);
+    }
+    cmd::run(
+        Command::new(tree.join("scripts/kconfig/merge_config.sh"))
+            .current_dir(tree)
+            .arg("-m")
+            .arg("-O")
+            .arg(out)
+            .arg(out.join(".config"))
+            .args(&fragments),
+    )?;
+    cmd::run(make(tree, out).arg("-s").arg("olddefconfig"))?;
+    let config = fs::read_to_string(out.join(".config"))?;
+    let mut dropped = Vec::new();
+    for frag in &fragments {
+        for want in fs::read_to_string(frag)?.lines() {
+            let want = want.trim();
+            if want.is_empty() || want.starts_with('#') {
+                continue;
+            }
+            let ok = match want.strip_suffix("=n") {
+                Some(sym) => !config.lines().any(|l| l.starts_with(&format!("{sym}="))),
+                None => config.lines().any(|l| l == want),
+            };
+            if !ok {
+                dropped.push(format!("{want} (from {})", frag.display()));
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        bail!(
+            "Kconfig did not take these options (a missing dependency?):\n  {}",
+            dropped.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Builds (or reuses) the kernel described by `spec`.
+pub fn build(spec: BuildSpec) -> Result<Kernel> {
+    let pin = ensure_base_tree()?;
+    let series = Series::load()?;
+    let key = cache_key(spec, &pin, &series)?;
+    let out = spec.out_dir();
+    let manifest = out.join("kernel.json");
+    if let Ok(text) = fs::read_to_string(&manifest) {
+        if let Ok(k) = serde_json::from_str::<Kernel>(&text) {
+            if k.key == key && k.bzimage.exists() {
+                eprintln!("kernel: {} is up to date ({})", spec.dir_name(), &key[..12]);
+                return Ok(k);
+            }
+        }
+    }
+    let _ = fs::remove_file(&manifest);
+    let tree = match spec.tree {
+        Tree::Base => paths::base_tree(),
+        Tree::Patched => {
+            ensure_patched_tree(&series)?;
+            paths::patched_tree()
+        }
+    };
+    eprintln!("kernel: building {} in {}", spec.dir_name(), out.display());
+    configure(&tree, &out, spec)?;
+    cmd::run(
+        make(&tree, &out)
+            .arg(format!("-j{}", cmd::jobs()))
+            .args(["-s", "bzImage", "modules"]),
+    )?;
+    let release = cmd::output(make(&tree, &out).args(["-s", "kernelrelease"]))?
+        .trim()
+        .to_string();
+    let modules = if spec.kvm == KvmMode::Module {
+        vec![
+            out.join("arch/x86/kvm/kvm.ko"),
+            out.join("arch/x86/kvm/kvm-amd.ko"),
+        ]
+    } else {
+        Vec::new()
+    };
+    for m in &modules {
+        if !m.exists() {
+            bail!("the build did not produce {}", m.display());
+        }
+    }
+    let kselftests = build_kselftests(&tree, &out)?;
+    let kernel = Kernel {
+        key,
+        tree: spec.tree,
+        config: spec.config,
+        kvm: spec.kvm,
+        base: format!("{} {}", pin.package, pin.version),
+        release,
+        bzimage: out.join("arch/x86/boot/bzImage"),
+        modules,
+        kselftests,
+    };
+    fs::write(&manifest, serde_json::to_string_pretty(&kernel)?)?;
+    Ok(kernel)
+}
+
+/// Builds the KVM kselftests listed in `kernel-patch/selftests.txt` against
+/// this tree's uapi headers. A test that the tree does not have (e.g. one the
+/// series adds, on the base tree) is left out, and the run reports it missing.
+fn build_kselftests(tree: &Path, out: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let Some(list) = kselftest_list()? else {
+        return Ok(Vec::new());
+    };
+    cmd::run(make(tree, out).args(["-s", "headers"]))?;
+    let ksft_out = out.join("kselftest/kvm");
+    fs::create_dir_all(&ksft_out)?;
+    let src = tree.join("tools/testing/selftests/kvm");
+    let mut built = Vec::new();
+    let mut targets = Vec::new();
+    for name in &list {
+        if src.join(format!("{name}.c")).exists() {
+            targets.push(ksft_out.join(name));
+            built.push((name.clone(), ksft_out.join(name)));
+        } else {
+            eprintln!("kernel: kselftest {name} is not in this tree; skipping its build");
+        }
+    }
+    if targets.is_empty() {
+        return Ok(built);
+    }
+    cmd::run(
+        Command::new("make")
+            .arg("-C")
+            .arg(&src)
+            .arg(format!("-j{}", cmd::jobs()))
+            .arg(format!("OUTPUT={}", ksft_out.display()))
+            .arg(format!(
+                "KHDR_INCLUDES=-isystem {}/usr/include",
+                out.display()
+            ))
+            .args(&targets),
+    )?;
+    Ok(built)
+}

@@ -1,0 +1,179 @@
+//! The composite jobs: `run` (build payloads + kernel, boot), `test`
+//! (everything CI runs) and `demo`.
+
+use crate::kernel::{self, BuildSpec, Config, KvmMode, Tree};
+use crate::qemu::{self, RunResult};
+use crate::series::Series;
+use crate::suites::{self, Plan};
+use crate::{check_series, cmd, deps, paths};
+use anyhow::{bail, Result};
+use std::process::Command;
+use std::time::Instant;
+
+/// Builds the payload binaries next to the harness binary.
+fn build_payloads() -> Result<()> {
+    cmd::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(paths::repo_root())
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "kvmreg-selftests",
+                "--bins",
+            ]),
+    )
+}
+
+pub fn run_suites(config: Config, tree: Tree, names: &[String], quiet: bool) -> Result<RunResult> {
+    build_payloads()?;
+    let kernel = kernel::build(BuildSpec {
+        tree,
+        config,
+        kvm: KvmMode::Module,
+    })?;
+    let plan = Plan {
+        out_dir: Default::default(),
+        modules: Vec::new(),
+        suites: suites::expand(names, &kernel)?,
+    };
+    qemu::run(&kernel, plan, quiet)
+}
+
+/// One step of `test`, timed and reported.
+fn step(log: &mut Vec<(String, bool, f64)>, name: &str, f: impl FnOnce() -> Result<bool>) {
+    println!("\n==== test: {name} ====");
+    let t = Instant::now();
+    let ok = match f() {
+        Ok(ok) => ok,
+        Err(e) => {
+            println!("test: {name}: {e:#}");
+            false
+        }
+    };
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "==== test: {name}: {} ({secs:.0} s) ====",
+        if ok { "ok" } else { "FAILED" }
+    );
+    log.push((name.to_string(), ok, secs));
+}
+
+fn cargo(args: &[&str]) -> Result<bool> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(paths::repo_root())
+        .args(args)
+        .status()?;
+    Ok(status.success())
+}
+
+/// Everything CI runs, in order of cost; every step runs even after a
+/// failure so one run shows all that is broken.
+pub fn test_all() -> Result<bool> {
+    let mut log = Vec::new();
+    step(&mut log, "deps", || deps::run().map(|_| true));
+    step(&mut log, "cargo fmt --check", || {
+        cargo(&["fmt", "--all", "--", "--check"])
+    });
+    step(&mut log, "cargo clippy", || {
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    });
+    step(&mut log, "cargo test (host)", || {
+        cargo(&["test", "--workspace"])
+    });
+    if !Series::load()?.is_empty() {
+        step(&mut log, "check-series", || {
+            check_series::run().map(|_| true)
+        });
+    }
+    for config in [Config::Fast, Config::Debug] {
+        step(&mut log, &format!("run --config {}", config.name()), || {
+            let r = run_suites(config, Tree::Patched, &suites::default_suites(), false)?;
+            qemu::report(&r);
+            Ok(r.counts.failed == 0 && r.counts.passed > 0)
+        });
+    }
+    step(
+        &mut log,
+        "failures reach the host (canary suite must fail)",
+        canary_fails,
+    );
+    step(
+        &mut log,
+        "splats reach the host (lkdtm suite must fail)",
+        splats_fail,
+    );
+    println!("\n==== test summary ====");
+    for (name, ok, secs) in &log {
+        println!(
+            "{:<8} {name} ({secs:.0} s)",
+            if *ok { "ok" } else { "FAILED" }
+        );
+    }
+    let failed = log.iter().filter(|(_, ok, _)| !ok).count();
+    println!("{} passed, {failed} failed", log.len() - failed);
+    Ok(failed == 0)
+}
+
+/// The harness's own end-to-end check: a suite that fails inside the VM must
+/// make `run` fail, with exactly its failing point reported.
+fn canary_fails() -> Result<bool> {
+    let r = run_suites(Config::Fast, Tree::Patched, &["canary".into()], true)?;
+    qemu::report(&r);
+    let failed: Vec<_> = r
+        .points
+        .iter()
+        .filter(|p| p.outcome == crate::tap::Outcome::Fail)
+        .map(|p| p.name.as_str())
+        .collect();
+    if failed != ["canary: deliberately failing test point"] || r.counts.passed != 1 {
+        bail!("the canary run did not report exactly its one failing point: {failed:?}");
+    }
+    println!("test: the canary's failure reached the host as expected");
+    Ok(true)
+}
+
+/// The other end-to-end check: real kernel reports provoked through LKDTM on
+/// the debug kernel must fail the run although every test point passed.
+fn splats_fail() -> Result<bool> {
+    let r = run_suites(Config::Debug, Tree::Patched, &["lkdtm".into()], true)?;
+    qemu::report(&r);
+    let failed: Vec<_> = r
+        .points
+        .iter()
+        .filter(|p| p.outcome == crate::tap::Outcome::Fail)
+        .map(|p| p.name.as_str())
+        .collect();
+    let reported = |kind: &str| failed.iter().any(|f| f.starts_with(&format!("kernel splat: {kind} ")));
+    if r.counts.passed != 2 || !reported("WARNING") || !reported("KASAN") {
+        bail!("the lkdtm run did not fail on exactly its WARNING and KASAN reports: {failed:?}");
+    }
+    println!("test: the provoked WARNING and KASAN reports failed the run as expected");
+    Ok(true)
+}
+
+/// The main job. Until the registry series lands it boots the patched kernel
+/// and runs the smoke suite, saying plainly that this is all it shows.
+pub fn demo() -> Result<bool> {
+    deps::run()?;
+    let series = Series::load()?;
+    println!(
+        "demo: kernel series: {} patch(es) in kernel-patch/series",
+        series.patches.len()
+    );
+    let r = run_suites(Config::Fast, Tree::Patched, &["smoke".into()], false)?;
+    qemu::report(&r);
+    println!(
+        "demo: this shows KVM working inside the test VM (a VM, a vCPU, guest-mode perf samples \
+         attributed to the guest loop). Named guests, /proc/kvm and kvmtop arrive with the \
+         registry series and the userspace issues."
+    );
+    Ok(r.counts.failed == 0)
+}

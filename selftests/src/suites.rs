@@ -1,0 +1,264 @@
+//! The suites a run can hold, and how a suite's output becomes test points.
+//!
+//! The host decides what runs (a [`Plan`]); the guest init carries it out
+//! and judges each suite with [`judge`], so the rules live in one place and
+//! are unit tested on the host.
+
+use crate::kernel::{Kernel, Tree};
+use crate::tap::{self, Outcome, TestPoint};
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What the guest init does, written by the host as `plan.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// The run directory, shared read-write with the guest at the same path.
+    pub out_dir: PathBuf,
+    /// Modules to load before the suites run, in order.
+    pub modules: Vec<PathBuf>,
+    pub suites: Vec<SuiteRun>,
+}
+
+/// One command run inside the guest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuiteRun {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub timeout_secs: u64,
+    /// When set, the suite is not run and this is its result.
+    pub verdict: Option<TestPoint>,
+    /// Whether a non-zero exit with only passing points fails the suite.
+    /// (kselftests exit 4 when everything skipped.)
+    pub kselftest_exit_codes: bool,
+}
+
+/// What the guest leaves in `summary.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub points: Vec<TestPoint>,
+    /// Set when the guest init itself failed (mounts, modules...).
+    pub init_error: Option<String>,
+}
+
+/// The suites `run` knows, for `--help` and error messages.
+pub const KNOWN: &[(&str, &str)] = &[
+    (
+        "smoke",
+        "KVM works in the test VM: VM, vCPU, guest-mode perf samples",
+    ),
+    ("kselftest", "the kselftests in kernel-patch/selftests.txt"),
+    (
+        "canary",
+        "a deliberately failing test: proves failures reach the host",
+    ),
+    (
+        "lkdtm",
+        "provokes a WARN and a KASAN report (debug kernel): proves splats fail the run",
+    ),
+];
+
+/// The suites run when none are named.
+pub fn default_suites() -> Vec<String> {
+    vec!["smoke".into(), "kselftest".into()]
+}
+
+/// Where cargo put a payload binary of this crate.
+fn payload(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!(
+            "payload {} is not built: run `cargo build -p kvmreg-selftests --bins`",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Expands suite names into the commands the guest runs.
+pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
+    let mut runs = Vec::new();
+    for name in names {
+        match name.as_str() {
+            "smoke" => runs.push(simple("smoke", payload("kvm-smoke")?, 180)),
+            "canary" => runs.push(simple("canary", payload("tap-canary")?, 30)),
+            "kselftest" => runs.extend(kselftests(kernel)?),
+            "lkdtm" => {
+                let script = crate::paths::repo_root().join("selftests/payloads/lkdtm.sh");
+                let mut run = simple("lkdtm", PathBuf::from("/bin/sh"), 60);
+                run.argv.push(script.to_string_lossy().into_owned());
+                runs.push(run);
+            }
+            other => {
+                let known: Vec<_> = KNOWN.iter().map(|(n, _)| *n).collect();
+                bail!(
+                    "unknown suite `{other}`; known suites: {}",
+                    known.join(", ")
+                );
+            }
+        }
+    }
+    Ok(runs)
+}
+
+fn simple(name: &str, exe: PathBuf, timeout_secs: u64) -> SuiteRun {
+    SuiteRun {
+        name: name.into(),
+        argv: vec![exe.to_string_lossy().into_owned()],
+        timeout_secs,
+        verdict: None,
+        kselftest_exit_codes: false,
+    }
+}
+
+fn kselftests(kernel: &Kernel) -> Result<Vec<SuiteRun>> {
+    let Some(list) = crate::kernel::kselftest_list()? else {
+        return Ok(Vec::new());
+    };
+    let mut runs = Vec::new();
+    for name in list {
+        let suite = format!("kselftest/{name}");
+        match kernel.kselftests.iter().find(|(n, _)| *n == name) {
+            Some((_, path)) => runs.push(SuiteRun {
+                kselftest_exit_codes: true,
+                ..simple(&suite, path.clone(), 600)
+            }),
+            None => {
+                // A test the series adds does not exist in the base tree:
+                // that is an honest skip there, and a failure when patched.
+                let (outcome, note) = match kernel.tree {
+                    Tree::Base => (Outcome::Skip, "not in the base tree"),
+                    Tree::Patched => (Outcome::Fail, "was not built"),
+                };
+                runs.push(SuiteRun {
+                    verdict: Some(TestPoint {
+                        name: suite.clone(),
+                        outcome,
+                        note: Some(note.into()),
+                    }),
+                    ..simple(&suite, PathBuf::new(), 0)
+                });
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// How a suite's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    TimedOut(u64),
+}
+
+const KSFT_SKIP: i32 = 4;
+
+/// Turns one suite's TAP output and exit into test points named
+/// `<suite>: <point>`. Anything short of a clean, complete TAP stream and
+/// a matching exit is a failure point of its own.
+pub fn judge(suite: &SuiteRun, output: &str, exit: Exit) -> Vec<TestPoint> {
+    let parsed = tap::parse(output);
+    let mut points: Vec<TestPoint> = parsed
+        .points
+        .iter()
+        .map(|p| TestPoint {
+            name: format!("{}: {}", suite.name, p.name),
+            ..p.clone()
+        })
+        .collect();
+    let mut problems: Vec<String> = Vec::new();
+    if let Some(reason) = &parsed.bail_out {
+        problems.push(format!("bailed out: {reason}"));
+    }
+    if let Some(reason) = &parsed.skip_all {
+        points.push(TestPoint {
+            name: suite.name.clone(),
+            outcome: Outcome::Skip,
+            note: Some(reason.clone()),
+        });
+    } else if parsed.points.is_empty() {
+        problems.push("no TAP test points in the output".into());
+    } else if let Some(n) = parsed.planned {
+        if n != parsed.points.len() {
+            problems.push(format!("planned {n} tests, ran {}", parsed.points.len()));
+        }
+    }
+    let any_failed = parsed.points.iter().any(|p| p.outcome == Outcome::Fail);
+    match exit {
+        Exit::Code(0) => {}
+        Exit::Code(KSFT_SKIP)
+            if suite.kselftest_exit_codes
+                && parsed.points.iter().all(|p| p.outcome == Outcome::Skip) => {}
+        Exit::Code(c) if !any_failed => problems.push(format!("exited with status {c}")),
+        Exit::Code(_) => {}
+        Exit::Signal(s) => problems.push(format!("killed by signal {s}")),
+        Exit::TimedOut(secs) => problems.push(format!("timed out after {secs} s")),
+    }
+    points.extend(problems.into_iter().map(|why| TestPoint {
+        name: format!("{}: {why}", suite.name),
+        outcome: Outcome::Fail,
+        note: None,
+    }));
+    points
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn suite() -> SuiteRun {
+        simple("s", PathBuf::from("/bin/true"), 10)
+    }
+
+    fn outcomes(points: &[TestPoint]) -> Vec<Outcome> {
+        points.iter().map(|p| p.outcome).collect()
+    }
+
+    #[test]
+    fn clean_stream_passes() {
+        let p = judge(&suite(), "1..2\nok 1 a\nok 2 b\n", Exit::Code(0));
+        assert_eq!(outcomes(&p), vec![Outcome::Pass, Outcome::Pass]);
+        assert_eq!(p[0].name, "s: a");
+    }
+
+    #[test]
+    fn crash_after_passing_points_fails() {
+        let p = judge(&suite(), "1..3\nok 1 a\nok 2 b\n", Exit::Signal(11));
+        assert_eq!(
+            outcomes(&p),
+            vec![Outcome::Pass, Outcome::Pass, Outcome::Fail, Outcome::Fail]
+        );
+    }
+
+    #[test]
+    fn silence_and_timeouts_fail() {
+        assert_eq!(
+            outcomes(&judge(&suite(), "", Exit::Code(0))),
+            vec![Outcome::Fail]
+        );
+        let p = judge(&suite(), "1..1\nok 1 a\n", Exit::TimedOut(10));
+        assert_eq!(p[1].name, "s: timed out after 10 s");
+    }
+
+    #[test]
+    fn nonzero_exit_with_all_passing_fails() {
+        let p = judge(&suite(), "1..1\nok 1 a\n", Exit::Code(1));
+        assert_eq!(outcomes(&p), vec![Outcome::Pass, Outcome::Fail]);
+    }
+
+    #[test]
+    fn kselftest_skip_exit_is_a_skip_not_a_pass() {
+        let mut s = suite();
+        s.kselftest_exit_codes = true;
+        let p = judge(&s, "1..0 # SKIP no KVM\n", Exit::Code(4));
+        assert_eq!(outcomes(&p), vec![Outcome::Skip]);
+        let p = judge(&s, "1..1\nok 1 a # SKIP no KVM\n", Exit::Code(4));
+        assert_eq!(outcomes(&p), vec![Outcome::Skip]);
+        // Exit 4 after a real pass is not a clean skip.
+        let p = judge(&s, "1..1\nok 1 a\n", Exit::Code(4));
+        assert_eq!(outcomes(&p), vec![Outcome::Pass, Outcome::Fail]);
+    }
+}
