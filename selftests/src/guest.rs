@@ -72,9 +72,7 @@ fn run(plan_path: &Path) -> Result<Counts> {
 }
 
 fn run_plan(plan: &Plan, summary: &mut Summary) -> Result<()> {
-    for module in &plan.modules {
-        load_module(module)?;
-    }
+    load_modules(&plan.modules)?;
     for suite in &plan.suites {
         if let Some(v) = &suite.verdict {
             println!(
@@ -144,20 +142,27 @@ fn mount(src: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &st
     Ok(())
 }
 
-fn load_module(path: &Path) -> Result<()> {
-    let file =
-        File::open(path).with_context(|| format!("cannot open module {}", path.display()))?;
-    let params = CString::default();
+/// Loads `modules` in the given order (the host sorted them by dependency).
+fn load_modules(modules: &[std::path::PathBuf]) -> Result<()> {
+    for m in modules {
+        finit_module(m).with_context(|| format!("cannot load {}", m.display()))?;
+        println!("guest-init: loaded {}", m.display());
+    }
+    Ok(())
+}
+
+fn finit_module(path: &Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    let file = File::open(path)?;
+    let params = CString::default();
     // SAFETY: finit_module reads the open file and a valid empty param string.
     let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EEXIST) {
-            bail!("cannot load {}: {e}", path.display());
+            return Err(e);
         }
     }
-    println!("guest-init: loaded {}", path.display());
     Ok(())
 }
 
@@ -212,6 +217,7 @@ fn run_suite(argv: &[String], timeout_secs: u64, log: &Path) -> Result<(String, 
             };
         }
         if Instant::now() >= deadline {
+            dump_stacks(child.id());
             let pid = child.id() as libc::pid_t;
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
@@ -226,6 +232,31 @@ fn run_suite(argv: &[String], timeout_secs: u64, log: &Path) -> Result<(String, 
     unsafe { libc::kill(-pid, libc::SIGKILL) };
     let output = reader.join().unwrap_or_default();
     Ok((output, exit))
+}
+
+/// Prints the kernel stacks of a hung suite's threads, so a timeout in the
+/// console log says where it hung.
+fn dump_stacks(pid: u32) {
+    let tasks = match fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("guest-init: timeout: cannot list the tasks of {pid}: {e}");
+            return;
+        }
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let stat = fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let stack = fs::read_to_string(dir.join("stack")).unwrap_or_default();
+        println!(
+            "guest-init: timeout: task {}: {}",
+            task.file_name().to_string_lossy(),
+            stat.trim()
+        );
+        for line in stack.lines() {
+            println!("guest-init:   {line}");
+        }
+    }
 }
 
 /// Ends the VM with `status` through `isa-debug-exit`; powers off if the

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bump when the build recipe below changes in a way that affects outputs.
-const RECIPE_VERSION: u32 = 1;
+const RECIPE_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 pub enum Config {
@@ -345,18 +345,9 @@ pub fn build(spec: BuildSpec) -> Result<Kernel> {
     let release = cmd::output(make(&tree, &out).args(["-s", "kernelrelease"]))?
         .trim()
         .to_string();
-    let modules = if spec.kvm == KvmMode::Module {
-        vec![
-            out.join("arch/x86/kvm/kvm.ko"),
-            out.join("arch/x86/kvm/kvm-amd.ko"),
-        ]
-    } else {
-        Vec::new()
-    };
-    for m in &modules {
-        if !m.exists() {
-            bail!("the build did not produce {}", m.display());
-        }
+    let modules = modules_to_load(&out)?;
+    if spec.kvm == KvmMode::Module && !modules.iter().any(|m| m.ends_with("kvm.ko")) {
+        bail!("the build did not produce kvm.ko although KVM is a module");
     }
     let kselftests = build_kselftests(&tree, &out)?;
     let kernel = Kernel {
@@ -372,6 +363,57 @@ pub fn build(spec: BuildSpec) -> Result<Kernel> {
     };
     fs::write(&manifest, serde_json::to_string_pretty(&kernel)?)?;
     Ok(kernel)
+}
+
+/// The modules the test VM loads: every module the build made except
+/// `kvm-intel` (QEMU's `-cpu max` under TCG offers SVM, not VMX), ordered
+/// so that each comes after the modules it depends on (`modinfo` depends).
+fn modules_to_load(out: &Path) -> Result<Vec<PathBuf>> {
+    let order = fs::read_to_string(out.join("modules.order")).unwrap_or_default();
+    let mut pending: Vec<(String, PathBuf, Vec<String>)> = Vec::new();
+    for line in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let ko = out.join(line).with_extension("ko");
+        let name = module_name(&ko);
+        if name == "kvm_intel" {
+            continue;
+        }
+        if !ko.exists() {
+            bail!("modules.order names {} but it was not built", ko.display());
+        }
+        let depends = cmd::output(Command::new("modinfo").args(["-F", "depends"]).arg(&ko))?;
+        let depends = depends
+            .trim()
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(|d| d.replace('-', "_"))
+            .collect();
+        pending.push((name, ko, depends));
+    }
+    let mut loaded: Vec<String> = Vec::new();
+    let mut modules = Vec::new();
+    while !pending.is_empty() {
+        let ready = pending
+            .iter()
+            .position(|(_, _, deps)| deps.iter().all(|d| loaded.contains(d)));
+        let Some(i) = ready else {
+            let names: Vec<_> = pending
+                .iter()
+                .map(|(n, _, d)| format!("{n} (needs {})", d.join(", ")))
+                .collect();
+            bail!("module dependencies cannot be met: {}", names.join("; "));
+        };
+        let (name, ko, _) = pending.remove(i);
+        loaded.push(name);
+        modules.push(ko);
+    }
+    Ok(modules)
+}
+
+/// `arch/x86/kvm/kvm-amd.ko` -> `kvm_amd`.
+fn module_name(ko: &Path) -> String {
+    ko.file_stem()
+        .map(|s| s.to_string_lossy().replace('-', "_"))
+        .unwrap_or_default()
 }
 
 /// Builds the KVM kselftests listed in `kernel-patch/selftests.txt` against
@@ -402,6 +444,7 @@ fn build_kselftests(tree: &Path, out: &Path) -> Result<Vec<(String, PathBuf)>> {
         Command::new("make")
             .arg("-C")
             .arg(&src)
+            .arg("-s")
             .arg(format!("-j{}", cmd::jobs()))
             .arg(format!("OUTPUT={}", ksft_out.display()))
             .arg(format!(

@@ -151,7 +151,11 @@ fn splats_fail() -> Result<bool> {
         .filter(|p| p.outcome == crate::tap::Outcome::Fail)
         .map(|p| p.name.as_str())
         .collect();
-    let reported = |kind: &str| failed.iter().any(|f| f.starts_with(&format!("kernel splat: {kind} ")));
+    let reported = |kind: &str| {
+        failed
+            .iter()
+            .any(|f| f.starts_with(&format!("kernel splat: {kind} ")))
+    };
     if r.counts.passed != 2 || !reported("WARNING") || !reported("KASAN") {
         bail!("the lkdtm run did not fail on exactly its WARNING and KASAN reports: {failed:?}");
     }

@@ -71,8 +71,8 @@ pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
     let timeout =
         plan.suites.iter().map(|s| s.timeout_secs).sum::<u64>() + boot_allowance(kernel.config);
     let append = format!(
-        "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 loglevel=6 \
-         root=/dev/root rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose ro \
+        "console=ttyS0 panic=-1 loglevel=6 \
+         root=/dev/root rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=mmap ro \
          init={} -- guest-init {}",
         harness.display(),
         plan_path.display()

@@ -82,7 +82,7 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
     let mut runs = Vec::new();
     for name in names {
         match name.as_str() {
-            "smoke" => runs.push(simple("smoke", payload("kvm-smoke")?, 180)),
+            "smoke" => runs.push(simple("smoke", payload("kvm-smoke")?, 60)),
             "canary" => runs.push(simple("canary", payload("tap-canary")?, 30)),
             "kselftest" => runs.extend(kselftests(kernel)?),
             "lkdtm" => {
