@@ -179,6 +179,22 @@ pub fn judge(suite: &SuiteRun, output: &str, exit: Exit) -> Vec<TestPoint> {
             outcome: Outcome::Skip,
             note: Some(reason.clone()),
         });
+    } else if parsed.points.is_empty() && suite.kselftest_exit_codes {
+        // Many KVM selftests print no TAP; kselftest's own runner judges
+        // those by exit status (0 pass, 4 skip, anything else fail).
+        return match exit {
+            Exit::Code(0) => vec![point(&suite.name, Outcome::Pass, None)],
+            Exit::Code(KSFT_SKIP) => vec![point(
+                &suite.name,
+                Outcome::Skip,
+                Some("exit status 4 (KSFT_SKIP)"),
+            )],
+            other => vec![point(
+                &suite.name,
+                Outcome::Fail,
+                Some(&format!("{other:?}")),
+            )],
+        };
     } else if parsed.points.is_empty() {
         problems.push("no TAP test points in the output".into());
     } else if let Some(n) = parsed.planned {
@@ -203,6 +219,14 @@ pub fn judge(suite: &SuiteRun, output: &str, exit: Exit) -> Vec<TestPoint> {
         note: None,
     }));
     points
+}
+
+fn point(name: &str, outcome: Outcome, note: Option<&str>) -> TestPoint {
+    TestPoint {
+        name: name.to_string(),
+        outcome,
+        note: note.map(str::to_string),
+    }
 }
 
 #[cfg(test)]
@@ -247,6 +271,38 @@ mod tests {
     fn nonzero_exit_with_all_passing_fails() {
         let p = judge(&suite(), "1..1\nok 1 a\n", Exit::Code(1));
         assert_eq!(outcomes(&p), vec![Outcome::Pass, Outcome::Fail]);
+    }
+
+    #[test]
+    fn kselftest_without_tap_is_judged_by_exit_status() {
+        let mut s = suite();
+        s.kselftest_exit_codes = true;
+        let out = "Testing creating 1024 vCPUs\n";
+        assert_eq!(
+            outcomes(&judge(&s, out, Exit::Code(0))),
+            vec![Outcome::Pass]
+        );
+        assert_eq!(
+            outcomes(&judge(&s, out, Exit::Code(4))),
+            vec![Outcome::Skip]
+        );
+        assert_eq!(
+            outcomes(&judge(&s, out, Exit::Code(1))),
+            vec![Outcome::Fail]
+        );
+        assert_eq!(
+            outcomes(&judge(&s, out, Exit::Signal(6))),
+            vec![Outcome::Fail]
+        );
+        assert_eq!(
+            outcomes(&judge(&s, out, Exit::TimedOut(9))),
+            vec![Outcome::Fail]
+        );
+        // A plain suite must speak TAP.
+        assert_eq!(
+            outcomes(&judge(&suite(), out, Exit::Code(0))),
+            vec![Outcome::Fail]
+        );
     }
 
     #[test]
