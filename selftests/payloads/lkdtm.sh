@@ -10,7 +10,7 @@ if [ ! -w "$direct" ]; then
 	exit 1
 fi
 n=0
-for crash in WARNING SLAB_USE_AFTER_FREE; do
+for crash in WARNING READ_AFTER_FREE; do
 	n=$((n + 1))
 	if echo "$crash" > "$direct"; then
 		echo "ok $n provoked $crash"
