@@ -174,11 +174,7 @@ pub fn judge(suite: &SuiteRun, output: &str, exit: Exit) -> Vec<TestPoint> {
         problems.push(format!("bailed out: {reason}"));
     }
     if let Some(reason) = &parsed.skip_all {
-        points.push(TestPoint {
-            name: suite.name.clone(),
-            outcome: Outcome::Skip,
-            note: Some(reason.clone()),
-        });
+        points.push(point(&suite.name, Outcome::Skip, Some(reason)));
     } else if parsed.points.is_empty() && suite.kselftest_exit_codes {
         // Many KVM selftests print no TAP; kselftest's own runner judges
         // those by exit status (0 pass, 4 skip, anything else fail).
@@ -213,14 +209,15 @@ pub fn judge(suite: &SuiteRun, output: &str, exit: Exit) -> Vec<TestPoint> {
         Exit::Signal(s) => problems.push(format!("killed by signal {s}")),
         Exit::TimedOut(secs) => problems.push(format!("timed out after {secs} s")),
     }
-    points.extend(problems.into_iter().map(|why| TestPoint {
-        name: format!("{}: {why}", suite.name),
-        outcome: Outcome::Fail,
-        note: None,
-    }));
+    points.extend(
+        problems
+            .into_iter()
+            .map(|why| point(&format!("{}: {why}", suite.name), Outcome::Fail, None)),
+    );
     points
 }
 
+/// One test point (the note is a skip reason or why it failed).
 fn point(name: &str, outcome: Outcome, note: Option<&str>) -> TestPoint {
     TestPoint {
         name: name.to_string(),
