@@ -287,20 +287,31 @@ pub fn configure(tree: &Path, out: &Path, spec: BuildSpec) -> Result<()> {
     )?;
     cmd::run(make(tree, out).arg("-s").arg("olddefconfig"))?;
     let config = fs::read_to_string(out.join(".config"))?;
-    let mut dropped = Vec::new();
+    // A later fragment overrides an earlier one (as merge_config.sh does),
+    // so only the last setting of each symbol must have landed.
+    let mut wanted: Vec<(String, String, &Path)> = Vec::new();
     for frag in &fragments {
-        for want in fs::read_to_string(frag)?.lines() {
-            let want = want.trim();
-            if want.is_empty() || want.starts_with('#') {
+        for line in fs::read_to_string(frag)?.lines() {
+            let line = line.trim();
+            let Some((sym, _)) = line.split_once('=') else {
+                continue;
+            };
+            if line.starts_with('#') {
                 continue;
             }
-            let ok = match want.strip_suffix("=n") {
-                Some(sym) => !config.lines().any(|l| l.starts_with(&format!("{sym}="))),
-                None => config.lines().any(|l| l == want),
-            };
-            if !ok {
-                dropped.push(format!("{want} (from {})", frag.display()));
-            }
+            wanted.retain(|(s, _, _)| s != sym);
+            wanted.push((sym.to_string(), line.to_string(), frag));
+        }
+    }
+    let mut dropped = Vec::new();
+    for (sym, want, frag) in &wanted {
+        let ok = if want.ends_with("=n") {
+            !config.lines().any(|l| l.starts_with(&format!("{sym}=")))
+        } else {
+            config.lines().any(|l| l == want)
+        };
+        if !ok {
+            dropped.push(format!("{want} (from {})", frag.display()));
         }
     }
     if !dropped.is_empty() {

@@ -102,7 +102,7 @@ fn dispatch(cmd: Cmd) -> Result<bool> {
             suites,
         } => {
             let suites = if suites.is_empty() {
-                suites::default_suites()
+                suites::default_suites(kernel)
             } else {
                 suites
             };

@@ -95,7 +95,12 @@ pub fn test_all() -> Result<bool> {
     }
     for config in [Config::Fast, Config::Debug] {
         step(&mut log, &format!("run --config {}", config.name()), || {
-            let r = run_suites(config, Tree::Patched, &suites::default_suites(), false)?;
+            let r = run_suites(
+                config,
+                Tree::Patched,
+                &suites::default_suites(Tree::Patched),
+                false,
+            )?;
             qemu::report(&r);
             Ok(r.counts.failed == 0 && r.counts.passed > 0)
         });

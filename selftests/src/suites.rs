@@ -53,14 +53,23 @@ pub const KNOWN: &[(&str, &str)] = &[
         "a deliberately failing test: proves failures reach the host",
     ),
     (
+        "qemu-client",
+        "Debian's qemu shows up in /proc/kvm and is renamed through /proc (patched kernel)",
+    ),
+    (
         "lkdtm",
         "provokes a WARN and a KASAN report (debug kernel): proves splats fail the run",
     ),
 ];
 
-/// The suites run when none are named.
-pub fn default_suites() -> Vec<String> {
-    vec!["smoke".into(), "kselftest".into()]
+/// The suites run when none are named. The qemu client check needs the
+/// registry, so it only runs on the patched tree.
+pub fn default_suites(tree: Tree) -> Vec<String> {
+    let mut suites = vec!["smoke".into(), "kselftest".into()];
+    if tree == Tree::Patched {
+        suites.push("qemu-client".into());
+    }
+    suites
 }
 
 /// Where cargo put a payload binary of this crate.
@@ -85,12 +94,8 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
             "smoke" => runs.push(simple("smoke", payload("kvm-smoke")?, 60)),
             "canary" => runs.push(simple("canary", payload("tap-canary")?, 30)),
             "kselftest" => runs.extend(kselftests(kernel)?),
-            "lkdtm" => {
-                let script = crate::paths::repo_root().join("selftests/payloads/lkdtm.sh");
-                let mut run = simple("lkdtm", PathBuf::from("/bin/sh"), 60);
-                run.argv.push(script.to_string_lossy().into_owned());
-                runs.push(run);
-            }
+            "lkdtm" => runs.push(script("lkdtm", "lkdtm.sh", 60)),
+            "qemu-client" => runs.push(script("qemu-client", "qemu_client.sh", 120)),
             other => {
                 let known: Vec<_> = KNOWN.iter().map(|(n, _)| *n).collect();
                 bail!(
@@ -101,6 +106,16 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
         }
     }
     Ok(runs)
+}
+
+/// A shell script from `selftests/payloads/`, run with `/bin/sh`.
+fn script(name: &str, file: &str, timeout_secs: u64) -> SuiteRun {
+    let path = crate::paths::repo_root()
+        .join("selftests/payloads")
+        .join(file);
+    let mut run = simple(name, PathBuf::from("/bin/sh"), timeout_secs);
+    run.argv.push(path.to_string_lossy().into_owned());
+    run
 }
 
 fn simple(name: &str, exe: PathBuf, timeout_secs: u64) -> SuiteRun {
