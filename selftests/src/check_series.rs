@@ -75,6 +75,9 @@ pub fn run() -> Result<()> {
         let out = cmd::capture(
             Command::new("perl")
                 .current_dir(&tree)
+                // checkpatch runs scripts/spdxcheck.py with `env python3`:
+                // make that Debian's, which has the ply and git modules.
+                .env("PATH", debian_first_path())
                 .args([
                     "scripts/checkpatch.pl",
                     "--strict",
@@ -132,4 +135,17 @@ fn terse_findings(text: &str) -> Vec<series::Finding> {
             series::parse_checkpatch(&l[idx..]).into_iter().next()
         })
         .collect()
+}
+
+/// `PATH` with Debian's `/usr/bin` and `/bin` first, ahead of any
+/// per-user interpreters (pyenv, virtualenvs) that lack Debian's modules.
+fn debian_first_path() -> std::ffi::OsString {
+    let mut dirs = vec![
+        std::path::PathBuf::from("/usr/bin"),
+        std::path::PathBuf::from("/bin"),
+    ];
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
 }

@@ -19,6 +19,9 @@ const PACKAGES: &[&str] = &[
     "xz-utils",
     "rsync",
     "git",
+    // checkpatch.pl's SPDX license check (scripts/spdxcheck.py).
+    "python3-ply",
+    "python3-git",
     // kselftests (libcap for the kvm selftest library's helpers).
     "libcap-dev",
     // The test VM, and the qemu that runs as a real KVM client inside it.
