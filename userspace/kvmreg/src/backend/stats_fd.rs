@@ -6,6 +6,12 @@
 //! checked to still be a KVM fd of the expected kind: the fd number came
 //! from an earlier scan and may since have been reused for another file.
 //! Raw syscalls because `libc` has no wrappers for the pidfd calls.
+//!
+//! Limit found on a real kernel: KVM answers every VM and vCPU ioctl from a
+//! process whose mm is not the VM's with `EIO`, so this works only inside
+//! the VMM's own process (or a thread sharing its mm). Other processes get
+//! [`StatsFdError::ForeignProcess`]; that is what the VM registry's
+//! `/proc/<pid>/kvm/<id>/stats` file is for.
 
 use super::fd_scan::{classify_link, KvmFd};
 use crate::procfs::{classify, Skip};
@@ -27,6 +33,10 @@ pub enum StatsFdError {
     Denied { pid: u32, fd: i32 },
     #[error("fd {fd} of pid {pid} is no longer the expected KVM fd")]
     NotKvm { pid: u32, fd: i32 },
+    #[error(
+        "KVM refuses VM and vCPU ioctls from any process but the VM's creator (EIO): on this kernel another process' stats need /proc/<pid>/kvm/<id>/stats (VM registry) or debugfs"
+    )]
+    ForeignProcess,
     #[error("this kernel lacks {0}")]
     Unsupported(&'static str),
     #[error("{0}")]
@@ -100,6 +110,9 @@ pub fn open(pid: u32, fd: i32, expect: KvmFd) -> Result<(File, Layout), StatsFdE
             Some(libc::ENOTTY) | Some(libc::EINVAL) => {
                 StatsFdError::Unsupported("KVM_GET_STATS_FD (Linux 5.14)")
             }
+            // kvm_vm_ioctl() and kvm_vcpu_ioctl() return EIO when the
+            // caller's mm is not the VM's.
+            Some(libc::EIO) => StatsFdError::ForeignProcess,
             _ => StatsFdError::Io(err),
         });
     }
