@@ -284,3 +284,80 @@ fn unprivileged_discovery_skips_without_error() {
         assert!(g["vcpus"].as_array().is_some_and(|v| v.is_empty()));
     }
 }
+
+#[test]
+fn debugfs_gives_vcpu_threads_as_kernel_facts() {
+    let test = "debugfs_gives_vcpu_threads_as_kernel_facts";
+    if !kvm_usable(test) {
+        return;
+    }
+    // Mount debugfs in a private mount namespace only, so the host's mounts
+    // stay as they are. Needs root and util-linux unshare.
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t debugfs none /sys/kernel/debug"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!("SKIPPED {test}: cannot mount debugfs in a mount namespace ({}); debugfs NOT tested", String::from_utf8_lossy(&o.stderr).trim());
+            return;
+        }
+        Err(e) => {
+            eprintln!("SKIPPED {test}: no unshare ({e}); debugfs NOT tested");
+            return;
+        }
+    }
+    let fx = Fixture::start(&["--guests", "dbg", "--vcpus", "2", "--busy", "10"]);
+    let l = &fx.lines[0];
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t debugfs none /sys/kernel/debug && exec \"$0\" --counters",
+            env!("CARGO_BIN_EXE_kvmreg-discover"),
+        ])
+        .output()
+        .expect("run kvmreg-discover with debugfs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let g = v["guests"]
+        .as_array()
+        .expect("guests")
+        .iter()
+        .find(|g| g["pid"] == l.pid)
+        .expect("fixture guest found");
+    let vcpus = g["vcpus"].as_array().expect("vcpus");
+    let tids: Vec<u64> = vcpus.iter().filter_map(|v| v["tid"].as_u64()).collect();
+    assert_eq!(
+        tids,
+        l.tids.iter().map(|&t| u64::from(t)).collect::<Vec<_>>()
+    );
+    if l.named {
+        return; // the registry answered; debugfs was not needed
+    }
+    assert!(vcpus.iter().all(|v| v["tid_source"] == "debugfs"), "{g}");
+    let backends = v["backends"].to_string();
+    assert!(backends.contains(r#"["debugfs","used"]"#), "{backends}");
+    // Stats of another process' VM: debugfs works where pidfd_getfd cannot.
+    let c = v["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .find(|c| c["pid"] == l.pid)
+        .expect("counters of the fixture guest");
+    let c = &c["counters"];
+    assert_eq!(c["source"], "debugfs", "{c}");
+    assert!(c["values"]["pages_4k"].as_u64().is_some(), "{c}");
+    // Cumulative stats are readable, or their refusal (lockdown) is said.
+    let halts = c["values"]["halt_exits"].as_u64();
+    let refused = c["notes"].to_string().contains("EPERM");
+    assert!(
+        halts.is_some_and(|h| h > 0) || (halts.is_none() && refused),
+        "{c}"
+    );
+}

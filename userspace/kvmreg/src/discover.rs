@@ -6,6 +6,7 @@ use crate::procfs::ProcRoot;
 use crate::stats::{self, Stats};
 use crate::{Guest, GuestName, Source};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Where to look. Defaults to the host's `/proc` and debugfs.
@@ -155,6 +156,51 @@ pub fn guest_stats(cfg: &Config, g: &Guest) -> Result<(Source, Stats), stats_fd:
     ))?;
     let (mut f, l) = stats_fd::open(g.pid, fd, fd_scan::KvmFd::Vm)?;
     Ok((Source::StatsFd, stats::read_values(&l, &mut f)?))
+}
+
+/// Scalar stats counters of a guest, and where they came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub source: Source,
+    pub values: BTreeMap<String, u64>,
+    /// What could not be read, in plain words.
+    pub notes: Vec<String>,
+}
+
+/// Scalar counters of a guest by name, from the best source that works:
+/// the registry's stats file, debugfs, then `pidfd_getfd`.
+pub fn guest_counters(cfg: &Config, g: &Guest) -> Result<Counters, stats_fd::StatsFdError> {
+    let from_stats = |(source, s): (Source, Stats)| Counters {
+        source,
+        values: s
+            .stats
+            .iter()
+            .filter(|s| s.values.len() == 1)
+            .map(|s| (s.desc.name.clone(), s.values[0]))
+            .collect(),
+        notes: Vec::new(),
+    };
+    if g.provenance.id == Some(Source::ProcKvm) {
+        return guest_stats(cfg, g).map(from_stats);
+    }
+    if let Some(dir) = debugfs::vm_dir(&cfg.debugfs_root, g) {
+        if let Ok(c) = debugfs::read_counters(&dir) {
+            let mut notes = Vec::new();
+            if !c.refused.is_empty() {
+                notes.push(format!(
+                    "debugfs refused {} stats with EPERM (kernel lockdown refuses writable debugfs files, which all cumulative stats are), e.g. {}",
+                    c.refused.len(),
+                    c.refused[0]
+                ));
+            }
+            return Ok(Counters {
+                source: Source::Debugfs,
+                values: c.values,
+                notes,
+            });
+        }
+    }
+    guest_stats(cfg, g).map(from_stats)
 }
 
 #[cfg(test)]

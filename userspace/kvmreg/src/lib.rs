@@ -19,6 +19,6 @@ pub mod stats;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use discover::{discover, discover_with, guest_stats, Config, Discovery};
+pub use discover::{discover, discover_with, guest_counters, guest_stats, Config, Discovery};
 pub use model::{Guest, GuestName, Provenance, Source, Vcpu};
 pub use select::{select, SelectError};

@@ -106,6 +106,46 @@ pub fn enrich(guests: &mut [Guest], vms: &[DebugfsVm]) -> usize {
     matched
 }
 
+/// The scalar stats of a VM directory (`<debugfs>/kvm/<pid>-<fd>/`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counters {
+    /// One file per stat holding a decimal number, summed over the vCPUs
+    /// by KVM. Histograms are left out.
+    pub values: std::collections::BTreeMap<String, u64>,
+    /// Stats whose open failed with `EPERM`. Seen on a real host for every
+    /// writable (cumulative) stat file while read-only ones opened; kernel
+    /// lockdown behaves this way.
+    pub refused: Vec<String>,
+}
+
+/// Read the scalar stats of a VM directory.
+pub fn read_counters(dir: &Path) -> std::io::Result<Counters> {
+    let mut out = Counters::default();
+    for e in fs::read_dir(dir)?.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        match fs::read_to_string(e.path()) {
+            Ok(text) => {
+                if let Ok(v) = text.trim().parse::<u64>() {
+                    out.values.insert(name, v);
+                }
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) => out.refused.push(name),
+            Err(_) => {}
+        }
+    }
+    out.refused.sort();
+    Ok(out)
+}
+
+/// The debugfs directory of a guest found by the fd scan.
+pub fn vm_dir(debugfs_root: &Path, g: &Guest) -> Option<PathBuf> {
+    let d = debugfs_root.join(format!("kvm/{}-{}", g.pid, g.vm_fd?));
+    d.is_dir().then_some(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,7 +164,8 @@ mod tests {
         let d = TempDir::new("debugfs");
         d.write("kvm/50-7/vcpu0/pid", "51\n");
         d.write("kvm/50-7/vcpu1/pid", "0\n");
-        d.write("kvm/50-7/remote_tlb_flush", "0\n");
+        d.write("kvm/50-7/remote_tlb_flush", "12\n");
+        d.write("kvm/50-7/halt_wait_hist", "1 2 3\n");
         d.write("kvm/junk/x", "");
         let Scan::Vms(vms) = scan(d.path()) else {
             panic!("fake debugfs not read")
@@ -147,6 +188,11 @@ mod tests {
         assert_eq!(gs[0].vcpus[0].tid, Some(51));
         assert_eq!(gs[0].vcpus[0].tid_source, Some(Source::Debugfs));
         assert_eq!(gs[0].vcpus[1].tid, None);
+        let dir = vm_dir(d.path(), &gs[0]).unwrap();
+        let c = read_counters(&dir).unwrap();
+        assert_eq!(c.values.get("remote_tlb_flush"), Some(&12));
+        assert!(!c.values.contains_key("halt_wait_hist"));
+        assert!(c.refused.is_empty());
     }
 
     #[test]
