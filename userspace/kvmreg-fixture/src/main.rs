@@ -46,6 +46,9 @@ struct Args {
     /// Run all guests in one process instead of one process per guest.
     #[arg(long)]
     single_process: bool,
+    /// Only write the symbol files (needs --out), start no guest.
+    #[arg(long, requires = "out")]
+    symbols_only: bool,
 }
 
 fn line(g: &vm::Guest) -> String {
@@ -85,6 +88,9 @@ fn main() -> Result<()> {
     }
     if let Some(out) = &args.out {
         symfiles::write_all(out, &args.guests)?;
+    }
+    if args.symbols_only {
+        return Ok(());
     }
     let mem = args
         .mem_kib

@@ -15,6 +15,7 @@ pub mod model;
 pub mod procfs;
 pub mod select;
 pub mod stats;
+pub mod symbols;
 
 #[cfg(test)]
 pub(crate) mod testutil;
