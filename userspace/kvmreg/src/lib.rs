@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cpu;
 pub mod discover;
 pub mod model;
+pub mod perf;
 pub mod procfs;
 pub mod select;
 pub mod stats;
