@@ -361,3 +361,33 @@ fn debugfs_gives_vcpu_threads_as_kernel_facts() {
         "{c}"
     );
 }
+
+#[test]
+fn watcher_sees_a_new_guest() {
+    if !kvm_usable("watcher_sees_a_new_guest") {
+        return;
+    }
+    use kvmreg::watch::{KvmEventKind, Watcher};
+    let mut w = Watcher::new(kvmreg::Config::default(), Duration::from_secs(2));
+    let fx = Fixture::start(&["--guests", "w", "--vcpus", "1", "--busy", "10"]);
+    let pid = fx.lines[0].pid;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut saw_event = false;
+    let mut listed = false;
+    while Instant::now() < deadline && !listed {
+        let u = w.next().expect("watch");
+        saw_event |= u
+            .events
+            .iter()
+            .any(|e| e.kind == KvmEventKind::Create && e.pid == Some(pid));
+        listed = u.guests.iter().any(|g| g.pid == pid);
+    }
+    assert!(listed, "the new guest never showed up");
+    match &w.socket_error {
+        None => assert!(
+            saw_event,
+            "uevent socket open but no create event for pid {pid}"
+        ),
+        Some(e) => eprintln!("uevents NOT tested: {e}; the periodic rescan found the guest"),
+    }
+}

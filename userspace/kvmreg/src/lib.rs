@@ -17,6 +17,7 @@ pub mod procfs;
 pub mod select;
 pub mod stats;
 pub mod symbols;
+pub mod watch;
 
 #[cfg(test)]
 pub(crate) mod testutil;
