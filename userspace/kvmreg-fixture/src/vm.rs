@@ -203,3 +203,16 @@ fn run_vcpu(vcpu: &mut VcpuFd, busy: u32) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_vm_name_ioctl_matches_the_uapi() {
+        // _IOW(KVMIO=0xAE, 0xd6, struct kvm_vm_name) with a 72-byte struct:
+        // dir 1 (write) << 30 | 72 << 16 | 0xAE << 8 | 0xd6.
+        assert_eq!(std::mem::size_of::<KvmVmName>(), 72);
+        assert_eq!(KVM_SET_VM_NAME(), 0x4048_AED6);
+    }
+}

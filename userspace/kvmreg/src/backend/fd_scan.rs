@@ -207,10 +207,15 @@ pub fn scan(proc: &ProcRoot) -> Found {
             Read::Ok(g) => found.guests.extend(g),
             Read::Skip(Skip::Gone) => {}
             Read::Skip(Skip::Denied) => {
-                if pid != me && super::has_guest_time(proc, pid) {
-                    found
-                        .guests
-                        .push(super::hidden_guest(proc, pid, "its fds are not readable"));
+                if pid != me {
+                    if let Some(ev) = super::vm_evidence(proc, pid) {
+                        found.guests.push(super::hidden_guest(
+                            proc,
+                            pid,
+                            ev,
+                            "its fds are not readable",
+                        ));
+                    }
                 }
             }
             Read::Err(e) => found.notes.push(format!("pid {pid}: {e}")),

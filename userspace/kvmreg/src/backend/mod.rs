@@ -18,18 +18,29 @@ pub struct Found {
     pub notes: Vec<String>,
 }
 
-/// True if some thread of `pid` has spent time in guest mode. The
-/// per-thread `stat` files are world-readable, so this tells that a process
-/// runs a VM even when its fds and `/proc/<pid>/kvm` are closed to us.
-pub(crate) fn has_guest_time(proc: &ProcRoot, pid: u32) -> bool {
-    match crate::cpu::snapshot(proc, pid) {
-        Read::Ok(s) => s.threads.values().any(|t| t.guest_time > 0),
-        _ => false,
+/// Evidence, readable without rights over `pid`, that it runs a VM: a
+/// thread with guest time (`/proc/<pid>/task/<tid>/stat` is world-readable)
+/// or, weaker, threads named like qemu's vCPU threads (`CPU <n>/KVM`).
+/// Some kernels (seen on a nested host) never account guest time, hence
+/// the second test.
+pub(crate) fn vm_evidence(proc: &ProcRoot, pid: u32) -> Option<&'static str> {
+    let Read::Ok(s) = crate::cpu::snapshot(proc, pid) else {
+        return None;
+    };
+    if s.threads.values().any(|t| t.guest_time > 0) {
+        return Some("a thread has run guest code");
     }
+    if s.threads
+        .values()
+        .any(|t| fd_scan::vcpu_index_from_comm(&t.comm).is_some())
+    {
+        return Some("its threads are named like vCPU threads");
+    }
+    None
 }
 
 /// A guest of a process we may not look into.
-pub(crate) fn hidden_guest(proc: &ProcRoot, pid: u32, why: &str) -> Guest {
+pub(crate) fn hidden_guest(proc: &ProcRoot, pid: u32, evidence: &str, why: &str) -> Guest {
     let mut g = Guest::new(pid);
     g.details_hidden = true;
     g.uid = proc.process_uid(pid);
@@ -37,7 +48,7 @@ pub(crate) fn hidden_guest(proc: &ProcRoot, pid: u32, why: &str) -> Guest {
         g.provenance.uid = Some(crate::Source::ProcStatus);
     }
     g.notes.push(format!(
-        "runs guest code but {why}: present, details hidden (need ptrace rights over pid {pid}, e.g. same user or root)"
+        "{evidence} but {why}: present, details hidden (need ptrace-read rights over pid {pid}: same user, or root)"
     ));
     g
 }

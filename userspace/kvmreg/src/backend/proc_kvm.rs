@@ -147,10 +147,11 @@ pub fn scan(proc: &ProcRoot) -> Found {
             Read::Ok(ids) => ids,
             Read::Skip(Skip::Gone) => continue,
             Read::Skip(Skip::Denied) => {
-                if super::has_guest_time(proc, pid) {
+                if let Some(ev) = super::vm_evidence(proc, pid) {
                     found.guests.push(super::hidden_guest(
                         proc,
                         pid,
+                        ev,
                         "its /proc/<pid>/kvm is not readable",
                     ));
                 }
