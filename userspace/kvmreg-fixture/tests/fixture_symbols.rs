@@ -31,5 +31,26 @@ fn fixture_symbol_files_resolve_guest_addresses() {
         e.build_id.as_deref().map(elf::hex),
         Some(want.trim().to_string())
     );
+
+    // Through a guestmount, by kernel name, with the build-id checked.
+    let mut g = kvmreg::Guest::new(1);
+    g.name = Some(kvmreg::GuestName::Kernel("db".into()));
+    let opts = kvmreg::symbols::guest::Options {
+        guestmount: Some(dir.clone()),
+        ..Default::default()
+    };
+    let gs = kvmreg::symbols::guest::load(&opts, &g).expect("guest symbols");
+    assert_eq!(gs.kaslr, 0);
+    assert_eq!(gs.resolve(0x1204).map(|r| r.name), Some("hot_b".into()));
+    std::fs::write(
+        dir.join("db/build-id"),
+        "00112233445566778899aabbccddeeff00112233\n",
+    )
+    .expect("write");
+    let e = kvmreg::symbols::guest::load(&opts, &g).expect_err("build-id mismatch");
+    assert!(
+        e.to_string().contains("is not the running guest kernel's"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

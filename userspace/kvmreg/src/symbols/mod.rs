@@ -5,6 +5,7 @@
 //! names the file and line, and nothing panics on bad bytes.
 
 pub mod elf;
+pub mod guest;
 pub mod kallsyms;
 pub mod modules;
 
