@@ -178,7 +178,8 @@ fn run_forked(kvm: &kvm_ioctls::Kvm, args: &Args, mem: usize) -> Result<()> {
         };
         let Ok(i) = i.parse::<usize>() else { continue };
         if rest.starts_with("error ") {
-            eprintln!("kvmreg-fixture: guest {}: {rest}", args.guests[i]);
+            let name = args.guests.get(i).map_or("?", String::as_str);
+            eprintln!("kvmreg-fixture: guest {name}: {rest}");
             failed = true;
         }
         if let Some(slot) = lines.get_mut(i) {

@@ -379,7 +379,7 @@ fn watcher_sees_a_new_guest() {
     let mut saw_event = false;
     let mut listed = false;
     while Instant::now() < deadline && !listed {
-        let u = w.next().expect("watch");
+        let u = w.wait_update().expect("watch");
         saw_event |= u
             .events
             .iter()

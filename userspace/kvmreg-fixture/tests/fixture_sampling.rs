@@ -61,6 +61,7 @@ fn guest_samples_land_on_the_right_guest_and_function() {
         kvmreg::perf::probe_guest_id()
     );
     let attr = Attributor::new(&guests);
+    let mut profile = kvmreg::perf::profile::Profile::new(&guests);
     let syms = kallsyms::load(&dir.join("kallsyms")).expect("fixture kallsyms");
     let mut per_guest_fn: HashMap<(usize, String), u64> = HashMap::new();
     let mut modes: HashMap<CpuMode, u64> = HashMap::new();
@@ -68,6 +69,7 @@ fn guest_samples_land_on_the_right_guest_and_function() {
     while start.elapsed() < Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(100));
         sampler.poll(|s| {
+            profile.add(&s, |_, ip| syms.lookup(ip).map(|r| r.name));
             *modes.entry(s.mode).or_default() += 1;
             if let Some(o) = attr.owner(&s) {
                 let name = syms.lookup(s.ip).map_or("?".to_string(), |r| r.name);
@@ -91,6 +93,13 @@ fn guest_samples_land_on_the_right_guest_and_function() {
     // Every guest-mode sample of a vCPU thread belongs to its guest and
     // resolves to a fixture function.
     let attributed: u64 = per_guest_fn.values().sum();
+    let in_profile: u64 = profile
+        .guests
+        .iter()
+        .map(|g| g.guest_samples() + g.host)
+        .sum();
+    assert_eq!(in_profile, total, "every sample is of a known vCPU thread");
+    assert_eq!(profile.unattributed, 0);
     let guest_samples: u64 = modes
         .iter()
         .filter(|(m, _)| m.is_guest())

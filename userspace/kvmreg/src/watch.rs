@@ -159,7 +159,7 @@ impl UeventSocket {
     }
 }
 
-/// What changed in one [`Watcher::next`] step.
+/// What changed in one [`Watcher::wait_update`] step.
 #[derive(Debug, Clone)]
 pub struct Update {
     /// The events that arrived (empty for a periodic rescan).
@@ -209,7 +209,7 @@ impl Watcher {
 
     /// Block until a KVM event arrives or the rescan period is over, then
     /// rescan.
-    pub fn next(&mut self) -> io::Result<Update> {
+    pub fn wait_update(&mut self) -> io::Result<Update> {
         loop {
             let left = self.rescan_every.saturating_sub(self.last_scan.elapsed());
             if left.is_zero() {
