@@ -59,9 +59,21 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// Start the fixture. Guest names get this test process' pid appended,
+    /// since a registry kernel refuses duplicate names (EEXIST) and tests
+    /// run in parallel, possibly beside other fixtures.
     fn start(args: &[&str]) -> Fixture {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(i) = args.iter().position(|a| a == "--guests") {
+            let me = std::process::id();
+            let names: Vec<String> = args[i + 1]
+                .split(',')
+                .map(|n| format!("{n}-{me}"))
+                .collect();
+            args[i + 1] = names.join(",");
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_kvmreg-fixture"))
-            .args(args)
+            .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -75,8 +87,18 @@ impl Fixture {
             }
             lines.push(parse_line(&l));
         }
+        // A registry kernel must name every guest, an unpatched one none.
+        for l in &lines {
+            assert_eq!(l.named, patched(), "guest {} named {}", l.name, l.named);
+            assert_eq!(l.id.is_some(), patched(), "guest {} id {:?}", l.name, l.id);
+        }
         Fixture { child, lines }
     }
+}
+
+/// Does this host run a kernel with the VM registry?
+fn patched() -> bool {
+    kvmreg::backend::proc_kvm::available(&kvmreg::procfs::ProcRoot::default())
 }
 
 impl Drop for Fixture {
@@ -235,7 +257,7 @@ fn cpu_split_of_vcpu_threads() {
     if !kvm_usable("cpu_split_of_vcpu_threads") {
         return;
     }
-    let fx = Fixture::start(&["--guests", "c", "--vcpus", "1", "--busy", "30"]);
+    let fx = Fixture::start(&["--guests", "cpu", "--vcpus", "1", "--busy", "30"]);
     let l = &fx.lines[0];
     let proc = kvmreg::procfs::ProcRoot::default();
     let d = discover();

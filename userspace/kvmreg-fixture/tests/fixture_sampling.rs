@@ -21,10 +21,10 @@ fn guest_samples_land_on_the_right_guest_and_function() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("kvmreg-sampling-{}", std::process::id()));
+    // Unique names: a registry kernel refuses duplicates (EEXIST).
+    let names = format!("sa-{0},sb-{0}", std::process::id());
     let mut child = Command::new(env!("CARGO_BIN_EXE_kvmreg-fixture"))
-        .args([
-            "--guests", "web,db", "--vcpus", "1", "--busy", "40", "--out",
-        ])
+        .args(["--vcpus", "1", "--busy", "40", "--guests", &names, "--out"])
         .arg(&dir)
         .stdout(Stdio::piped())
         .spawn()
