@@ -288,7 +288,9 @@ fn unprivileged_discovery_skips_without_error() {
     let fx = Fixture::start(&["--guests", "p", "--vcpus", "1", "--busy", "10"]);
     let pid = fx.lines[0].pid;
     use std::os::unix::process::CommandExt;
+    let tid = fx.lines[0].tids[0].to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_kvmreg-discover"))
+        .args(["--sample-tid", &tid])
         .uid(65534)
         .gid(65534)
         .output()
@@ -309,6 +311,15 @@ fn unprivileged_discovery_skips_without_error() {
     assert!(g["vcpus"].as_array().is_some_and(|v| v.is_empty()), "{g}");
     assert!(g["vm_fd"].is_null() && g["id"].is_null(), "{g}");
     assert!(g["notes"].to_string().contains("details hidden"), "{g}");
+    // Sampling root's vCPU thread is refused, and the error says what the
+    // user needs.
+    let e = v["sampling"]["error"]
+        .as_str()
+        .expect("sampling must fail as nobody");
+    assert!(
+        e.contains("CAP_PERFMON") && e.contains("perf_event_paranoid"),
+        "{e}"
+    );
 }
 
 #[test]
