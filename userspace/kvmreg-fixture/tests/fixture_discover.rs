@@ -428,3 +428,33 @@ fn watcher_sees_a_new_guest() {
         Some(e) => eprintln!("uevents NOT tested: {e}; the periodic rescan found the guest"),
     }
 }
+
+#[test]
+fn guests_vanishing_during_discovery_are_not_errors() {
+    if !kvm_usable("guests_vanishing_during_discovery_are_not_errors") {
+        return;
+    }
+    // Guests come and go while another thread keeps discovering; every
+    // scan must finish without error notes or panics.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let scanner = std::thread::spawn(move || {
+        let mut scans = 0;
+        let mut bad = Vec::new();
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            let d = discover();
+            bad.extend(d.notes.into_iter().filter(|n| n.contains("pid ")));
+            scans += 1;
+        }
+        (scans, bad)
+    });
+    for _ in 0..4 {
+        let fx = Fixture::start(&["--guests", "v1,v2", "--vcpus", "2", "--busy", "5"]);
+        std::thread::sleep(Duration::from_millis(100));
+        drop(fx);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (scans, bad) = scanner.join().expect("scanner thread");
+    assert!(scans >= 4, "only {scans} scans");
+    assert!(bad.is_empty(), "scan errors: {bad:?}");
+}
