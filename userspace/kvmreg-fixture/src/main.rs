@@ -10,6 +10,7 @@
 //! ready
 //! ```
 //!
+//! A line is printed once every vCPU of that guest reached its first `hlt`.
 //! `id` is `-` and `named` is `no` on a kernel without the VM registry. By
 //! default each guest runs in its own process, like qemu; with
 //! `--single-process` all guests share one.

@@ -136,9 +136,18 @@ pub fn start(kvm: &Kvm, name: &str, vcpus: u32, mem_bytes: usize, busy: u32) -> 
             .spawn(move || {
                 // SAFETY: gettid has no preconditions.
                 let tid = unsafe { libc::gettid() };
-                let _ = tx.send((i, tid));
-                drop(tx);
-                if let Err(e) = run_vcpu(&mut vcpu, busy) {
+                // Report the thread once the guest has run to its first
+                // `hlt`: by then KVM knows this thread as the vCPU's (the
+                // registry's `vcpus` file shows it) and the code works.
+                let mut started = Some(move || {
+                    let _ = tx.send((i, tid));
+                });
+                let first_exit = move || {
+                    if let Some(f) = started.take() {
+                        f();
+                    }
+                };
+                if let Err(e) = run_vcpu(&mut vcpu, busy, first_exit) {
                     eprintln!("kvmreg-fixture: guest {gname} vcpu {i}: {e:#}");
                     std::process::exit(1);
                 }
@@ -148,7 +157,9 @@ pub fn start(kvm: &Kvm, name: &str, vcpus: u32, mem_bytes: usize, busy: u32) -> 
     drop(tx);
     let mut tids = vec![0; vcpus as usize];
     for _ in 0..vcpus {
-        let (i, tid) = rx.recv().context("a vCPU thread died before starting")?;
+        let (i, tid) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("a vCPU did not reach its first hlt")?;
         tids[i as usize] = tid;
     }
     Ok(Guest {
@@ -177,7 +188,7 @@ fn setup_real_mode(vcpu: &VcpuFd) -> Result<()> {
 
 /// Run forever; on each `hlt` exit sleep enough to keep the vCPU at about
 /// `busy` percent of a CPU (sleeps are measured, since they overshoot).
-fn run_vcpu(vcpu: &mut VcpuFd, busy: u32) -> Result<()> {
+fn run_vcpu(vcpu: &mut VcpuFd, busy: u32, mut on_hlt: impl FnMut()) -> Result<()> {
     let busy = busy.clamp(1, 100);
     let mut resumed = Instant::now();
     let mut ran = Duration::ZERO;
@@ -185,6 +196,7 @@ fn run_vcpu(vcpu: &mut VcpuFd, busy: u32) -> Result<()> {
     loop {
         match vcpu.run() {
             Ok(VcpuExit::Hlt) => {
+                on_hlt();
                 if busy < 100 {
                     ran += resumed.elapsed();
                     let want_idle = ran * (100 - busy) / busy;
