@@ -1,0 +1,93 @@
+//! The guest code: 16-bit real-mode machine code at fixed guest addresses,
+//! hand-assembled (a dozen bytes, not worth an assembler dependency).
+//!
+//! ```text
+//! 0x1000 main:  call hot_a ; call hot_b ; hlt ; jmp main
+//! 0x1100 hot_a: mov cx, 63000 ; loop $ ; ret      (about 70% of the time)
+//! 0x1200 hot_b: mov cx, 27000 ; loop $ ; ret      (about 30% of the time)
+//! ```
+//!
+//! `hlt` exits to the VMM once per round, which lets the VMM throttle the
+//! guest (`--busy`); with CS base 0 the guest RIP equals these addresses.
+
+/// A function of the guest image.
+pub struct Func {
+    pub name: &'static str,
+    pub addr: u64,
+    pub bytes: Vec<u8>,
+}
+
+pub const ENTRY: u64 = 0x1000;
+pub const STACK_TOP: u64 = 0x8000;
+pub const HOT_A_LOOPS: u16 = 63000;
+pub const HOT_B_LOOPS: u16 = 27000;
+
+fn rel16(from_next: u64, to: u64) -> [u8; 2] {
+    ((to as i64 - from_next as i64) as i16).to_le_bytes()
+}
+
+fn busy(loops: u16) -> Vec<u8> {
+    let l = loops.to_le_bytes();
+    // mov cx, imm16 ; loop -2 (to itself) ; ret
+    vec![0xB9, l[0], l[1], 0xE2, 0xFE, 0xC3]
+}
+
+/// The guest's functions, in address order.
+pub fn functions() -> Vec<Func> {
+    let hot_a = 0x1100;
+    let hot_b = 0x1200;
+    let mut main = vec![0xE8];
+    main.extend(rel16(ENTRY + 3, hot_a));
+    main.push(0xE8);
+    main.extend(rel16(ENTRY + 6, hot_b));
+    main.push(0xF4); // hlt
+    main.extend([0xEB, (ENTRY as i64 - (ENTRY as i64 + 9)) as i8 as u8]); // jmp main
+    vec![
+        Func {
+            name: "main",
+            addr: ENTRY,
+            bytes: main,
+        },
+        Func {
+            name: "hot_a",
+            addr: hot_a,
+            bytes: busy(HOT_A_LOOPS),
+        },
+        Func {
+            name: "hot_b",
+            addr: hot_b,
+            bytes: busy(HOT_B_LOOPS),
+        },
+    ]
+}
+
+/// The image from guest address 0 to the end of the last function.
+pub fn image() -> Vec<u8> {
+    let funcs = functions();
+    let end = funcs
+        .iter()
+        .map(|f| f.addr as usize + f.bytes.len())
+        .max()
+        .unwrap_or(0);
+    let mut img = vec![0u8; end];
+    for f in &funcs {
+        img[f.addr as usize..f.addr as usize + f.bytes.len()].copy_from_slice(&f.bytes);
+    }
+    img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branches_land_on_the_functions() {
+        let img = image();
+        let at = |a: usize| i16::from_le_bytes([img[a], img[a + 1]]) as i64;
+        assert_eq!(0x1003 + at(0x1001), 0x1100);
+        assert_eq!(0x1006 + at(0x1004), 0x1200);
+        assert_eq!(img[0x1006], 0xF4);
+        assert_eq!(0x1009 + img[0x1008] as i8 as i64, 0x1000);
+        assert_eq!(&img[0x1100..0x1106], &[0xB9, 0x18, 0xF6, 0xE2, 0xFE, 0xC3]);
+    }
+}

@@ -1,0 +1,205 @@
+//! kvmreg-fixture: a tiny VMM for tests, benchmarks and the demo.
+//!
+//! Starts named guests that run known code at known guest addresses
+//! (`hot_a` about 70% and `hot_b` about 30% of the time), writes matching
+//! symbol files, prints one machine-readable line per guest and runs until
+//! killed:
+//!
+//! ```text
+//! guest web id 3 pid 1234 vm_fd 5 named yes vcpus 1235,1236
+//! ready
+//! ```
+//!
+//! A line is printed once every vCPU of that guest reached its first `hlt`.
+//! `id` is `-` and `named` is `no` on a kernel without the VM registry. By
+//! default each guest runs in its own process, like qemu; with
+//! `--single-process` all guests share one.
+
+mod code;
+mod symfiles;
+mod vm;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(about = "Run named KVM guests with known code, for kvmreg's tests and demo")]
+struct Args {
+    /// Guest names, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "web")]
+    guests: Vec<String>,
+    /// vCPUs per guest, each on its own thread.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest memory in KiB.
+    #[arg(long, default_value_t = 1024)]
+    mem_kib: usize,
+    /// Target CPU use of each vCPU in percent (1 to 100).
+    #[arg(long, default_value_t = 100)]
+    busy: u32,
+    /// Where to write kallsyms, vmlinux and build-id (and one subdirectory
+    /// per guest name with the same files).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run all guests in one process instead of one process per guest.
+    #[arg(long)]
+    single_process: bool,
+    /// Only write the symbol files (needs --out), start no guest.
+    #[arg(long, requires = "out")]
+    symbols_only: bool,
+}
+
+fn line(g: &vm::Guest) -> String {
+    let id = vm::vm_id(&g.vm).map_or("-".to_string(), |i| i.to_string());
+    let named = match &g.naming {
+        vm::Naming::Named => "yes",
+        _ => "no",
+    };
+    let tids: Vec<String> = g.tids.iter().map(|t| t.to_string()).collect();
+    format!(
+        "guest {} id {id} pid {} vm_fd {} named {named} vcpus {}",
+        g.name,
+        std::process::id(),
+        g.vm.as_raw_fd(),
+        tids.join(",")
+    )
+}
+
+fn naming_note(g: &vm::Guest) -> Option<String> {
+    match &g.naming {
+        vm::Naming::Named => None,
+        vm::Naming::Unsupported => Some(format!(
+            "could not name guest {}: kernel lacks KVM_CAP_VM_NAME (239); it stays unnamed",
+            g.name
+        )),
+        vm::Naming::Failed(e) => Some(format!("could not name guest {}: {e}", g.name)),
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.guests.is_empty() || args.guests.iter().any(|g| g.is_empty()) {
+        bail!("--guests needs one or more non-empty names");
+    }
+    if args.vcpus == 0 {
+        bail!("--vcpus must be at least 1");
+    }
+    if let Some(out) = &args.out {
+        symfiles::write_all(out, &args.guests)?;
+    }
+    if args.symbols_only {
+        return Ok(());
+    }
+    let mem = args
+        .mem_kib
+        .checked_mul(1024)
+        .context("--mem-kib too large")?;
+    let kvm = kvm_ioctls::Kvm::new().context("opening /dev/kvm")?;
+    if args.single_process {
+        let mut guests = Vec::new();
+        for name in &args.guests {
+            guests.push(vm::start(&kvm, name, args.vcpus, mem, args.busy)?);
+        }
+        let mut out = std::io::stdout().lock();
+        for g in &guests {
+            if let Some(n) = naming_note(g) {
+                eprintln!("kvmreg-fixture: {n}");
+            }
+            writeln!(out, "{}", line(g))?;
+        }
+        writeln!(out, "ready")?;
+        out.flush()?;
+        drop(out);
+        loop {
+            std::thread::park();
+        }
+    }
+    run_forked(&kvm, &args, mem)
+}
+
+/// One child process per guest. Children report their line through a
+/// pipe, so the parent prints all lines in `--guests` order, then `ready`.
+fn run_forked(kvm: &kvm_ioctls::Kvm, args: &Args, mem: usize) -> Result<()> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe2: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just created these fds; we own them.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let parent = std::process::id();
+    for (i, name) in args.guests.iter().enumerate() {
+        // SAFETY: the parent is single-threaded here (no vCPU threads yet),
+        // so the child may keep running Rust code after fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            bail!("fork: {}", std::io::Error::last_os_error());
+        }
+        if pid == 0 {
+            drop(rd);
+            // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            if std::os::unix::process::parent_id() != parent {
+                std::process::exit(1);
+            }
+            let mut w = std::fs::File::from(wr);
+            let msg = match vm::start(kvm, name, args.vcpus, mem, args.busy) {
+                Ok(g) => {
+                    if let Some(n) = naming_note(&g) {
+                        eprintln!("kvmreg-fixture: {n}");
+                    }
+                    let m = format!("{i} {}\n", line(&g));
+                    // Keep the guest alive: it lives as long as this process.
+                    std::mem::forget(g);
+                    m
+                }
+                Err(e) => format!("{i} error {e:#}\n"),
+            };
+            // One short write: atomic on a pipe.
+            let _ = w.write_all(msg.as_bytes());
+            drop(w);
+            if msg.contains(" error ") {
+                std::process::exit(1);
+            }
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+    drop(wr);
+    let mut lines = vec![String::new(); args.guests.len()];
+    let mut failed = false;
+    for l in BufReader::new(std::fs::File::from(rd)).lines() {
+        let l = l?;
+        let Some((i, rest)) = l.split_once(' ') else {
+            continue;
+        };
+        let Ok(i) = i.parse::<usize>() else { continue };
+        if rest.starts_with("error ") {
+            let name = args.guests.get(i).map_or("?", String::as_str);
+            eprintln!("kvmreg-fixture: guest {name}: {rest}");
+            failed = true;
+        }
+        if let Some(slot) = lines.get_mut(i) {
+            *slot = rest.to_string();
+        }
+    }
+    if failed || lines.iter().any(|l| l.is_empty()) {
+        bail!("not every guest started");
+    }
+    let mut out = std::io::stdout().lock();
+    for l in &lines {
+        writeln!(out, "{l}")?;
+    }
+    writeln!(out, "ready")?;
+    out.flush()?;
+    drop(out);
+    // Wait for the children; if one dies, stop all (they die with us).
+    let mut status = 0;
+    // SAFETY: wait with a valid status pointer.
+    unsafe { libc::wait(&mut status) };
+    bail!("a guest process exited (status {status:#x})")
+}

@@ -1,0 +1,460 @@
+//! Integration tests: start the real fixture VMM on this host's /dev/kvm
+//! and check what kvmreg finds. Without a usable /dev/kvm each test prints
+//! why it is skipped and returns (that is not a pass of the feature).
+
+use kvmreg::backend::fd_scan::KvmFd;
+use kvmreg::backend::stats_fd;
+use kvmreg::{discover, Guest, GuestName, Source};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn kvm_usable(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED {test}: /dev/kvm not usable here ({e}); the feature was NOT tested");
+            false
+        }
+    }
+}
+
+/// One line of the fixture's output.
+#[derive(Debug)]
+struct Line {
+    name: String,
+    id: Option<u64>,
+    pid: u32,
+    vm_fd: i32,
+    named: bool,
+    tids: Vec<u32>,
+}
+
+fn parse_line(l: &str) -> Line {
+    let f: Vec<&str> = l.split_whitespace().collect();
+    assert_eq!(f.len(), 12, "unexpected fixture line {l:?}");
+    assert_eq!(
+        (f[0], f[2], f[4], f[6], f[8], f[10]),
+        ("guest", "id", "pid", "vm_fd", "named", "vcpus")
+    );
+    Line {
+        name: f[1].to_string(),
+        id: f[3].parse().ok(),
+        pid: f[5].parse().expect("pid"),
+        vm_fd: f[7].parse().expect("vm_fd"),
+        named: f[9] == "yes",
+        tids: f[11].split(',').map(|t| t.parse().expect("tid")).collect(),
+    }
+}
+
+/// The fixture process; killed (by its pid) and reaped on drop. Its guest
+/// processes die with it (PR_SET_PDEATHSIG).
+struct Fixture {
+    child: Child,
+    lines: Vec<Line>,
+}
+
+impl Fixture {
+    /// Start the fixture. Guest names get this test process' pid appended,
+    /// since a registry kernel refuses duplicate names (EEXIST) and tests
+    /// run in parallel, possibly beside other fixtures.
+    fn start(args: &[&str]) -> Fixture {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(i) = args.iter().position(|a| a == "--guests") {
+            let me = std::process::id();
+            let names: Vec<String> = args[i + 1]
+                .split(',')
+                .map(|n| format!("{n}-{me}"))
+                .collect();
+            args[i + 1] = names.join(",");
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kvmreg-fixture"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kvmreg-fixture");
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = Vec::new();
+        for l in BufReader::new(out).lines() {
+            let l = l.expect("read fixture output");
+            if l == "ready" {
+                break;
+            }
+            lines.push(parse_line(&l));
+        }
+        // A registry kernel must name every guest, an unpatched one none.
+        for l in &lines {
+            assert_eq!(l.named, patched(), "guest {} named {}", l.name, l.named);
+            assert_eq!(l.id.is_some(), patched(), "guest {} id {:?}", l.name, l.id);
+        }
+        Fixture { child, lines }
+    }
+}
+
+/// Does this host run a kernel with the VM registry?
+fn patched() -> bool {
+    kvmreg::backend::proc_kvm::available(&kvmreg::procfs::ProcRoot::default())
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Wait for the guest processes to be gone, so tests do not see
+        // each other's leftovers.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for l in &self.lines {
+            while std::path::Path::new(&format!("/proc/{}", l.pid)).exists()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn guests_of(guests: &[Guest], pid: u32) -> Vec<&Guest> {
+    guests.iter().filter(|g| g.pid == pid).collect()
+}
+
+#[test]
+fn discover_finds_fixture_guests_one_process_each() {
+    if !kvm_usable("discover_finds_fixture_guests_one_process_each") {
+        return;
+    }
+    let fx = Fixture::start(&["--guests", "web,db", "--vcpus", "2", "--busy", "10"]);
+    assert_eq!(fx.lines.len(), 2);
+    let d = discover();
+    for l in &fx.lines {
+        let mine = guests_of(&d.guests, l.pid);
+        assert_eq!(
+            mine.len(),
+            1,
+            "guest {} (pid {}): found {mine:#?}",
+            l.name,
+            l.pid
+        );
+        let g = mine[0];
+        assert!(!g.details_hidden);
+        let tids: Vec<Option<u32>> = g.vcpus.iter().map(|v| v.tid).collect();
+        let want: Vec<Option<u32>> = l.tids.iter().map(|&t| Some(t)).collect();
+        assert_eq!(tids, want, "vCPU threads of {}", l.name);
+        let ids: Vec<Option<u32>> = g.vcpus.iter().map(|v| v.vcpu_id).collect();
+        assert_eq!(ids, vec![Some(0), Some(1)]);
+        if l.named {
+            // Patched kernel: the registry names and numbers the VM.
+            assert_eq!(g.name, Some(GuestName::Kernel(l.name.clone())));
+            assert_eq!(g.id, l.id);
+            assert_eq!(g.provenance.id, Some(Source::ProcKvm));
+        } else {
+            assert_eq!(g.provenance.pid, Some(Source::FdScan));
+            assert_eq!(g.provenance.vcpus, Some(Source::FdScan));
+            assert_eq!(g.vm_fd, Some(l.vm_fd));
+            assert!(g.name.is_none(), "the fixture has no -name: {:?}", g.name);
+            assert!(g.vcpus.iter().all(|v| v.fd.is_some()));
+        }
+        // Selection by pid picks exactly this guest.
+        let pick = kvmreg::select(&d.guests, Some(&l.pid.to_string())).expect("select by pid");
+        assert_eq!(pick.pid, l.pid);
+    }
+}
+
+#[test]
+fn discover_counts_vms_and_vcpus_of_one_process() {
+    if !kvm_usable("discover_counts_vms_and_vcpus_of_one_process") {
+        return;
+    }
+    let fx = Fixture::start(&[
+        "--single-process",
+        "--guests",
+        "a,b,c",
+        "--vcpus",
+        "1",
+        "--busy",
+        "10",
+    ]);
+    assert_eq!(fx.lines.len(), 3);
+    let pid = fx.lines[0].pid;
+    assert!(fx.lines.iter().all(|l| l.pid == pid));
+    let d = discover();
+    let mine = guests_of(&d.guests, pid);
+    assert_eq!(mine.len(), 3, "three VMs in pid {pid}: {mine:#?}");
+    let mut fds: Vec<Option<i32>> = mine.iter().map(|g| g.vm_fd).collect();
+    fds.sort();
+    let mut want: Vec<Option<i32>> = fx.lines.iter().map(|l| Some(l.vm_fd)).collect();
+    want.sort();
+    if fx.lines[0].named {
+        assert!(mine.iter().all(|g| g.vcpus.len() == 1));
+    } else {
+        assert_eq!(fds, want);
+        // Unpatched: 3 vCPU fds that cannot be tied to their VMs, said so.
+        assert!(mine.iter().all(|g| g.vcpus.is_empty()));
+        assert!(
+            mine.iter()
+                .all(|g| g.notes.iter().any(|n| n.starts_with("3 vCPU fds"))),
+            "{mine:#?}"
+        );
+        // Selecting by the shared pid is ambiguous and lists the three.
+        let e = kvmreg::select(&d.guests, Some(&pid.to_string())).unwrap_err();
+        assert!(matches!(&e, kvmreg::SelectError::Matches { matches, .. } if matches.len() == 3));
+    }
+}
+
+#[test]
+fn stats_through_pidfd_getfd() {
+    if !kvm_usable("stats_through_pidfd_getfd") {
+        return;
+    }
+    let fx = Fixture::start(&["--guests", "s", "--vcpus", "1", "--busy", "10"]);
+    let l = &fx.lines[0];
+    let d = discover();
+    let g = guests_of(&d.guests, l.pid)[0].clone();
+    let cfg = kvmreg::Config::default();
+    let r = kvmreg::guest_stats(&cfg, &g);
+    if l.named {
+        // Patched kernel: the registry's stats file works for anyone with
+        // ptrace-read rights.
+        let (src, vm_stats) = r.expect("VM stats from /proc/<pid>/kvm/<id>/stats");
+        assert_eq!(src, Source::ProcKvm);
+        assert!(
+            vm_stats.id.starts_with("kvm-"),
+            "VM stats id {:?}",
+            vm_stats.id
+        );
+        assert!(vm_stats.get("remote_tlb_flush").is_some());
+    } else {
+        // Unpatched: KVM refuses ioctls from a process that is not the
+        // VM's creator, so pidfd_getfd + KVM_GET_STATS_FD cannot work.
+        assert!(
+            matches!(r, Err(stats_fd::StatsFdError::ForeignProcess)),
+            "{r:?}"
+        );
+        let e = stats_fd::open(l.pid, g.vcpus[0].fd.expect("vcpu fd"), KvmFd::Vcpu(0));
+        assert!(
+            matches!(e, Err(stats_fd::StatsFdError::ForeignProcess)),
+            "{e:?}"
+        );
+    }
+    // Either way the duplicated VM and vCPU fds were closed right away.
+    let own_kvm_fds = std::fs::read_dir("/proc/self/fd")
+        .expect("own fds")
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("anon_inode:kvm-v"))
+        })
+        .count();
+    assert_eq!(own_kvm_fds, 0, "a KVM fd of the guest was left open");
+}
+
+#[test]
+fn cpu_split_of_vcpu_threads() {
+    if !kvm_usable("cpu_split_of_vcpu_threads") {
+        return;
+    }
+    let fx = Fixture::start(&["--guests", "cpu", "--vcpus", "1", "--busy", "30"]);
+    let l = &fx.lines[0];
+    let proc = kvmreg::procfs::ProcRoot::default();
+    let d = discover();
+    let g = guests_of(&d.guests, l.pid)[0].clone();
+    let a = kvmreg::cpu::snapshot(&proc, l.pid).ok().expect("snapshot");
+    std::thread::sleep(Duration::from_millis(1500));
+    let b = kvmreg::cpu::snapshot(&proc, l.pid).ok().expect("snapshot");
+    let split = kvmreg::cpu::guest_cpu(&g, &a, &b);
+    assert_eq!(split.vcpus.len(), 1);
+    let (_, tid, r) = split.vcpus[0];
+    assert_eq!(tid, l.tids[0]);
+    eprintln!("vCPU thread {tid}: {r:?}");
+    // About 0.3 CPUs; allow for a loaded 2-core machine.
+    assert!(r.total() > 0.02 && r.total() < 1.2, "{r:?}");
+    assert!(split.process.total() >= r.total() - 1e-9);
+}
+
+#[test]
+fn unprivileged_discovery_skips_without_error() {
+    if !kvm_usable("unprivileged_discovery_skips_without_error") {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED unprivileged_discovery_skips_without_error: needs root to run a probe as nobody");
+        return;
+    }
+    let fx = Fixture::start(&["--guests", "p", "--vcpus", "1", "--busy", "10"]);
+    let pid = fx.lines[0].pid;
+    use std::os::unix::process::CommandExt;
+    let tid = fx.lines[0].tids[0].to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_kvmreg-discover"))
+        .args(["--sample-tid", &tid])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run kvmreg-discover as nobody");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let guests = v["guests"].as_array().expect("guests array");
+    let mine: Vec<_> = guests.iter().filter(|g| g["pid"] == pid).collect();
+    // Root's guest shows up once, as present but hidden: its fds are closed
+    // to nobody, but its vCPU threads (named like qemu's) are not.
+    assert_eq!(mine.len(), 1, "{v}");
+    let g = mine[0];
+    assert_eq!(g["details_hidden"], true, "{g}");
+    assert!(g["vcpus"].as_array().is_some_and(|v| v.is_empty()), "{g}");
+    assert!(g["vm_fd"].is_null() && g["id"].is_null(), "{g}");
+    assert!(g["notes"].to_string().contains("details hidden"), "{g}");
+    // Sampling root's vCPU thread is refused, and the error says what the
+    // user needs.
+    let e = v["sampling"]["error"]
+        .as_str()
+        .expect("sampling must fail as nobody");
+    assert!(
+        e.contains("CAP_PERFMON") && e.contains("perf_event_paranoid"),
+        "{e}"
+    );
+}
+
+#[test]
+fn debugfs_gives_vcpu_threads_as_kernel_facts() {
+    let test = "debugfs_gives_vcpu_threads_as_kernel_facts";
+    if !kvm_usable(test) {
+        return;
+    }
+    // Mount debugfs in a private mount namespace only, so the host's mounts
+    // stay as they are. Needs root and util-linux unshare.
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t debugfs none /sys/kernel/debug"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!("SKIPPED {test}: cannot mount debugfs in a mount namespace ({}); debugfs NOT tested", String::from_utf8_lossy(&o.stderr).trim());
+            return;
+        }
+        Err(e) => {
+            eprintln!("SKIPPED {test}: no unshare ({e}); debugfs NOT tested");
+            return;
+        }
+    }
+    let fx = Fixture::start(&["--guests", "dbg", "--vcpus", "2", "--busy", "10"]);
+    let l = &fx.lines[0];
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t debugfs none /sys/kernel/debug && exec \"$0\" --counters",
+            env!("CARGO_BIN_EXE_kvmreg-discover"),
+        ])
+        .output()
+        .expect("run kvmreg-discover with debugfs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let g = v["guests"]
+        .as_array()
+        .expect("guests")
+        .iter()
+        .find(|g| g["pid"] == l.pid)
+        .expect("fixture guest found");
+    let vcpus = g["vcpus"].as_array().expect("vcpus");
+    let tids: Vec<u64> = vcpus.iter().filter_map(|v| v["tid"].as_u64()).collect();
+    assert_eq!(
+        tids,
+        l.tids.iter().map(|&t| u64::from(t)).collect::<Vec<_>>()
+    );
+    if l.named {
+        return; // the registry answered; debugfs was not needed
+    }
+    assert!(vcpus.iter().all(|v| v["tid_source"] == "debugfs"), "{g}");
+    let backends = v["backends"].to_string();
+    assert!(backends.contains(r#"["debugfs","used"]"#), "{backends}");
+    // Stats of another process' VM: debugfs works where pidfd_getfd cannot.
+    let c = v["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .find(|c| c["pid"] == l.pid)
+        .expect("counters of the fixture guest");
+    let c = &c["counters"];
+    assert_eq!(c["source"], "debugfs", "{c}");
+    assert!(c["values"]["pages_4k"].as_u64().is_some(), "{c}");
+    // Cumulative stats are readable, or their refusal (lockdown) is said.
+    let halts = c["values"]["halt_exits"].as_u64();
+    let refused = c["notes"].to_string().contains("EPERM");
+    assert!(
+        halts.is_some_and(|h| h > 0) || (halts.is_none() && refused),
+        "{c}"
+    );
+}
+
+#[test]
+fn watcher_sees_a_new_guest() {
+    if !kvm_usable("watcher_sees_a_new_guest") {
+        return;
+    }
+    use kvmreg::watch::{KvmEventKind, Watcher};
+    let mut w = Watcher::new(kvmreg::Config::default(), Duration::from_secs(2));
+    let fx = Fixture::start(&["--guests", "w", "--vcpus", "1", "--busy", "10"]);
+    let pid = fx.lines[0].pid;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut saw_event = false;
+    let mut listed = false;
+    while Instant::now() < deadline && !listed {
+        let u = w.wait_update().expect("watch");
+        saw_event |= u
+            .events
+            .iter()
+            .any(|e| e.kind == KvmEventKind::Create && e.pid == Some(pid));
+        listed = u.guests.iter().any(|g| g.pid == pid);
+    }
+    assert!(listed, "the new guest never showed up");
+    match &w.socket_error {
+        None => assert!(
+            saw_event,
+            "uevent socket open but no create event for pid {pid}"
+        ),
+        Some(e) => eprintln!("uevents NOT tested: {e}; the periodic rescan found the guest"),
+    }
+}
+
+#[test]
+fn guests_vanishing_during_discovery_are_not_errors() {
+    if !kvm_usable("guests_vanishing_during_discovery_are_not_errors") {
+        return;
+    }
+    // Guests come and go while another thread keeps discovering; every
+    // scan must finish without error notes or panics.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let scanner = std::thread::spawn(move || {
+        let mut scans = 0;
+        let mut bad = Vec::new();
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            let d = discover();
+            bad.extend(d.notes.into_iter().filter(|n| n.contains("pid ")));
+            scans += 1;
+        }
+        (scans, bad)
+    });
+    for _ in 0..4 {
+        let fx = Fixture::start(&["--guests", "v1,v2", "--vcpus", "2", "--busy", "5"]);
+        std::thread::sleep(Duration::from_millis(100));
+        drop(fx);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (scans, bad) = scanner.join().expect("scanner thread");
+    assert!(scans >= 4, "only {scans} scans");
+    assert!(bad.is_empty(), "scan errors: {bad:?}");
+}

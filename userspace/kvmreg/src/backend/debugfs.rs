@@ -1,0 +1,203 @@
+//! Backend: `<debugfs>/kvm/<pid>-<fd>/` (root only, debugfs mounted).
+//!
+//! The directory name is the creating thread's pid and the VM fd number;
+//! `vcpu<N>/pid` holds the tid of the thread that last ran vCPU `N`, which
+//! is the one kernel fact about vCPU threads an unpatched kernel offers.
+
+use crate::procfs::{classify, Skip};
+use crate::{Guest, Source};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// One VM directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugfsVm {
+    pub pid: u32,
+    pub fd: i32,
+    /// `(vcpu_id, tid)`; tid 0 (never ran) is left out.
+    pub vcpus: Vec<(u32, u32)>,
+    pub dir: PathBuf,
+}
+
+/// Parse a `<pid>-<fd>` directory name.
+pub fn parse_dir_name(name: &str) -> Option<(u32, i32)> {
+    let (p, f) = name.split_once('-')?;
+    Some((p.parse().ok()?, f.parse().ok()?))
+}
+
+/// Result of a scan: the VMs, or why debugfs could not be used.
+#[derive(Debug)]
+pub enum Scan {
+    Vms(Vec<DebugfsVm>),
+    Unavailable(String),
+}
+
+/// List the VMs under `<debugfs_root>/kvm`.
+pub fn scan(debugfs_root: &Path) -> Scan {
+    let kvm = debugfs_root.join("kvm");
+    let rd = match fs::read_dir(&kvm) {
+        Ok(rd) => rd,
+        Err(e) => {
+            let why = match classify(&e) {
+                Some(Skip::Gone) => "not mounted or KVM not loaded".to_string(),
+                Some(Skip::Denied) => "not readable (needs root)".to_string(),
+                None => e.to_string(),
+            };
+            return Scan::Unavailable(format!("{}: {why}", kvm.display()));
+        }
+    };
+    let mut vms = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((pid, fd)) = parse_dir_name(&name) else {
+            continue;
+        };
+        let dir = e.path();
+        let mut vcpus = Vec::new();
+        if let Ok(sub) = fs::read_dir(&dir) {
+            for v in sub.flatten() {
+                let vname = v.file_name().to_string_lossy().into_owned();
+                let Some(id) = vname
+                    .strip_prefix("vcpu")
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let tid = fs::read_to_string(v.path().join("pid"))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+                    .filter(|&t| t != 0);
+                if let Some(t) = tid {
+                    vcpus.push((id, t));
+                }
+            }
+        }
+        vcpus.sort_unstable();
+        vms.push(DebugfsVm {
+            pid,
+            fd,
+            vcpus,
+            dir,
+        });
+    }
+    vms.sort_by_key(|v| (v.pid, v.fd));
+    Scan::Vms(vms)
+}
+
+/// Fill in vCPU threads of fd-scan guests from debugfs (kernel facts
+/// replace thread-name guesses). Returns how many guests were matched.
+pub fn enrich(guests: &mut [Guest], vms: &[DebugfsVm]) -> usize {
+    let mut matched = 0;
+    for g in guests.iter_mut() {
+        let Some(fd) = g.vm_fd else { continue };
+        // The directory carries the creating thread's id, which is the
+        // process id unless a secondary thread created the VM.
+        let Some(vm) = vms.iter().find(|v| v.fd == fd && v.pid == g.pid) else {
+            continue;
+        };
+        matched += 1;
+        for &(vcpu_id, tid) in &vm.vcpus {
+            if let Some(v) = g.vcpus.iter_mut().find(|v| v.vcpu_id == Some(vcpu_id)) {
+                v.tid = Some(tid);
+                v.tid_source = Some(Source::Debugfs);
+            }
+        }
+    }
+    matched
+}
+
+/// The scalar stats of a VM directory (`<debugfs>/kvm/<pid>-<fd>/`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counters {
+    /// One file per stat holding a decimal number, summed over the vCPUs
+    /// by KVM. Histograms are left out.
+    pub values: std::collections::BTreeMap<String, u64>,
+    /// Stats whose open failed with `EPERM`. Seen on a real host for every
+    /// writable (cumulative) stat file while read-only ones opened; kernel
+    /// lockdown behaves this way.
+    pub refused: Vec<String>,
+}
+
+/// Read the scalar stats of a VM directory.
+pub fn read_counters(dir: &Path) -> std::io::Result<Counters> {
+    let mut out = Counters::default();
+    for e in fs::read_dir(dir)?.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        match fs::read_to_string(e.path()) {
+            Ok(text) => {
+                if let Ok(v) = text.trim().parse::<u64>() {
+                    out.values.insert(name, v);
+                }
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) => out.refused.push(name),
+            Err(_) => {}
+        }
+    }
+    out.refused.sort();
+    Ok(out)
+}
+
+/// The debugfs directory of a guest found by the fd scan.
+pub fn vm_dir(debugfs_root: &Path, g: &Guest) -> Option<PathBuf> {
+    let d = debugfs_root.join(format!("kvm/{}-{}", g.pid, g.vm_fd?));
+    d.is_dir().then_some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+    use crate::Vcpu;
+
+    #[test]
+    fn dir_names() {
+        assert_eq!(parse_dir_name("1234-11"), Some((1234, 11)));
+        assert_eq!(parse_dir_name("1234"), None);
+        assert_eq!(parse_dir_name("a-1"), None);
+    }
+
+    #[test]
+    fn scans_and_enriches() {
+        let d = TempDir::new("debugfs");
+        d.write("kvm/50-7/vcpu0/pid", "51\n");
+        d.write("kvm/50-7/vcpu1/pid", "0\n");
+        d.write("kvm/50-7/remote_tlb_flush", "12\n");
+        d.write("kvm/50-7/halt_wait_hist", "1 2 3\n");
+        d.write("kvm/junk/x", "");
+        let Scan::Vms(vms) = scan(d.path()) else {
+            panic!("fake debugfs not read")
+        };
+        assert_eq!(vms.len(), 1);
+        assert_eq!(vms[0].vcpus, vec![(0, 51)]);
+        let mut g = Guest::new(50);
+        g.vm_fd = Some(7);
+        for id in 0..2 {
+            g.vcpus.push(Vcpu {
+                index: id,
+                vcpu_id: Some(id),
+                tid: None,
+                tid_source: None,
+                fd: None,
+            });
+        }
+        let mut gs = [g];
+        assert_eq!(enrich(&mut gs, &vms), 1);
+        assert_eq!(gs[0].vcpus[0].tid, Some(51));
+        assert_eq!(gs[0].vcpus[0].tid_source, Some(Source::Debugfs));
+        assert_eq!(gs[0].vcpus[1].tid, None);
+        let dir = vm_dir(d.path(), &gs[0]).unwrap();
+        let c = read_counters(&dir).unwrap();
+        assert_eq!(c.values.get("remote_tlb_flush"), Some(&12));
+        assert!(!c.values.contains_key("halt_wait_hist"));
+        assert!(c.refused.is_empty());
+    }
+
+    #[test]
+    fn missing_debugfs_is_unavailable() {
+        let d = TempDir::new("debugfs-none");
+        assert!(matches!(scan(d.path()), Scan::Unavailable(_)));
+    }
+}

@@ -1,0 +1,234 @@
+//! Backend for a patched kernel: `/proc/<pid>/kvm/<id>/{name,status,vcpus}`.
+//!
+//! Walks every process' `/proc/<pid>/kvm` rather than only `/proc/kvm`,
+//! because `/proc/kvm` leaves out VMs of processes in child pid namespaces
+//! (containers) while `/proc/<pid>/kvm` shows them to host-wide tools.
+
+use super::Found;
+use crate::procfs::{status_field, ProcRoot, Read, Skip};
+use crate::{Guest, GuestName, Source, Vcpu};
+
+/// True if this proc mount has the registry (`/proc/kvm` exists).
+pub fn available(proc: &ProcRoot) -> bool {
+    proc.join("kvm").is_dir()
+}
+
+/// Facts from one `status` file.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub name: Option<String>,
+    pub id: Option<u64>,
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub vcpus: Option<u32>,
+    pub memory_kib: Option<u64>,
+    pub created: Option<u64>,
+}
+
+/// Parse `Key:\tvalue` lines; unknown keys are ignored (more may be added
+/// at the end), malformed values leave the fact unknown.
+pub fn parse_status(text: &str) -> Status {
+    let num = |k: &str| status_field(text, k).and_then(|v| v.parse::<u64>().ok());
+    Status {
+        name: status_field(text, "Name")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        id: num("Id"),
+        pid: num("Pid").and_then(|v| u32::try_from(v).ok()),
+        uid: num("Uid").and_then(|v| u32::try_from(v).ok()),
+        vcpus: num("Vcpus").and_then(|v| u32::try_from(v).ok()),
+        memory_kib: num("MemoryKiB"),
+        created: num("Created"),
+    }
+}
+
+/// Parse the `vcpus` file: `index vcpu_id tid` per line; tid 0 means not
+/// known. Malformed lines are skipped.
+pub fn parse_vcpus(text: &str) -> Vec<Vcpu> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(str::parse::<u32>);
+            let index = f.next()?.ok()?;
+            let vcpu_id = f.next()?.ok()?;
+            let tid = f.next()?.ok()?;
+            Some(Vcpu {
+                index,
+                vcpu_id: Some(vcpu_id),
+                tid: (tid != 0).then_some(tid),
+                tid_source: (tid != 0).then_some(Source::ProcKvm),
+                fd: None,
+            })
+        })
+        .collect()
+}
+
+/// Read one VM directory `/proc/<pid>/kvm/<id>`.
+pub fn read_vm(proc: &ProcRoot, pid: u32, id: u64) -> Read<Guest> {
+    let dir = format!("{pid}/kvm/{id}");
+    let status = match proc.read_string(format!("{dir}/status")) {
+        Read::Ok(s) => parse_status(&s),
+        Read::Skip(s) => return Read::Skip(s),
+        Read::Err(e) => return Read::Err(e),
+    };
+    let mut g = Guest::new(pid);
+    let p = &mut g.provenance;
+    g.id = Some(status.id.unwrap_or(id));
+    p.id = Some(Source::ProcKvm);
+    p.pid = Some(Source::ProcKvm);
+    // `name` is the file meant for it; status' Name is the same value.
+    let name = proc
+        .read_string(format!("{dir}/name"))
+        .ok()
+        .map(|n| n.trim_end_matches('\n').to_string())
+        .filter(|n| !n.is_empty())
+        .or(status.name);
+    if let Some(n) = name {
+        g.name = Some(GuestName::Kernel(n));
+        p.name = Some(Source::ProcKvm);
+    }
+    if let Some(u) = status.uid {
+        g.uid = Some(u);
+        p.uid = Some(Source::ProcKvm);
+    }
+    if let Some(m) = status.memory_kib {
+        g.memory_bytes = Some(m.saturating_mul(1024));
+        p.memory = Some(Source::ProcKvm);
+    }
+    if let Some(c) = status.created {
+        g.created = Some(c);
+        p.created = Some(Source::ProcKvm);
+    }
+    match proc.read_string(format!("{dir}/vcpus")) {
+        Read::Ok(v) => {
+            g.vcpus = parse_vcpus(&v);
+            p.vcpus = Some(Source::ProcKvm);
+            if let Some(n) = status.vcpus {
+                if n as usize != g.vcpus.len() {
+                    // A vCPU was added between the two reads.
+                    g.notes.push(format!(
+                        "status says {n} vCPUs, vcpus lists {}",
+                        g.vcpus.len()
+                    ));
+                }
+            }
+        }
+        Read::Skip(Skip::Gone) => return Read::Skip(Skip::Gone),
+        _ => g.notes.push("vcpus could not be read".into()),
+    }
+    if let Some(sp) = status.pid {
+        if sp != pid && sp != 0 {
+            g.notes
+                .push(format!("status names owner pid {sp}, found under {pid}"));
+        }
+    }
+    Read::Ok(g)
+}
+
+/// Find every VM of every process in this proc mount.
+pub fn scan(proc: &ProcRoot) -> Found {
+    let mut found = Found::default();
+    let pids = match proc.list_numeric("") {
+        Read::Ok(p) => p,
+        Read::Skip(s) => {
+            found
+                .notes
+                .push(format!("cannot list {}: {s:?}", proc.path().display()));
+            return found;
+        }
+        Read::Err(e) => {
+            found
+                .notes
+                .push(format!("cannot list {}: {e}", proc.path().display()));
+            return found;
+        }
+    };
+    for pid in pids {
+        let ids = match proc.list_numeric(format!("{pid}/kvm")) {
+            Read::Ok(ids) => ids,
+            Read::Skip(Skip::Gone) => continue,
+            Read::Skip(Skip::Denied) => {
+                if let Some(ev) = super::vm_evidence(proc, pid) {
+                    found.guests.push(super::hidden_guest(
+                        proc,
+                        pid,
+                        ev,
+                        "its /proc/<pid>/kvm is not readable",
+                    ));
+                }
+                continue;
+            }
+            Read::Err(e) => {
+                found.notes.push(format!("pid {pid}: {e}"));
+                continue;
+            }
+        };
+        for id in ids {
+            match read_vm(proc, pid, u64::from(id)) {
+                Read::Ok(g) => found.guests.push(g),
+                Read::Skip(Skip::Gone) => {}
+                Read::Skip(Skip::Denied) => found.notes.push(format!("pid {pid} VM {id}: denied")),
+                Read::Err(e) => found.notes.push(format!("pid {pid} VM {id}: {e}")),
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    fn fake_vm(d: &TempDir, pid: u32, id: u64, name: &str, vcpus: &str) {
+        let dir = format!("{pid}/kvm/{id}");
+        d.write(&format!("{dir}/name"), format!("{name}\n"));
+        d.write(
+            &format!("{dir}/status"),
+            format!(
+                "Name:\t{name}\nId:\t{id}\nPid:\t{pid}\nUid:\t1000\nVcpus:\t{}\nMemoryKiB:\t4096\nCreated:\t5159707888\nFuture:\tx\n",
+                vcpus.lines().count()
+            ),
+        );
+        d.write(&format!("{dir}/vcpus"), vcpus);
+        d.symlink(&format!("kvm/{name}"), &format!("../{pid}/kvm/{id}"));
+    }
+
+    #[test]
+    fn finds_vms_in_a_fake_tree() {
+        let d = TempDir::new("prockvm");
+        fake_vm(&d, 100, 3, "web", "0 0 101\n1 1 102\n");
+        fake_vm(&d, 100, 4, "db", "0 0 0\n");
+        fake_vm(&d, 200, 7, "batch", "0 0 201\nbogus line\n");
+        d.write("300/status", "Name:\tbash\n");
+        let proc = ProcRoot::new(d.path());
+        assert!(available(&proc));
+        let mut f = scan(&proc);
+        f.guests.sort_by_key(|g| g.id);
+        let ids: Vec<_> = f.guests.iter().map(|g| (g.id, g.pid)).collect();
+        assert_eq!(ids, vec![(Some(3), 100), (Some(4), 100), (Some(7), 200)]);
+        let web = &f.guests[0];
+        assert_eq!(web.name, Some(GuestName::Kernel("web".into())));
+        assert_eq!(web.memory_bytes, Some(4096 * 1024));
+        assert_eq!(web.uid, Some(1000));
+        assert_eq!(web.created, Some(5159707888));
+        assert_eq!(web.provenance.name, Some(Source::ProcKvm));
+        let tids: Vec<_> = web.vcpus.iter().map(|v| v.tid).collect();
+        assert_eq!(tids, vec![Some(101), Some(102)]);
+        assert_eq!(f.guests[1].vcpus[0].tid, None);
+        assert_eq!(f.guests[2].vcpus.len(), 1);
+    }
+
+    #[test]
+    fn absent_registry_is_not_available() {
+        let d = TempDir::new("prockvm-none");
+        d.write("1/status", "Name:\tinit\n");
+        assert!(!available(&ProcRoot::new(d.path())));
+        assert!(scan(&ProcRoot::new(d.path())).guests.is_empty());
+    }
+
+    #[test]
+    fn status_garbage_leaves_facts_unknown() {
+        let s = parse_status("Name:\nId:\tx\nVcpus:\t-1\nMemoryKiB:\t99999999999999999999999\n");
+        assert_eq!(s, Status::default());
+    }
+}

@@ -1,0 +1,150 @@
+//! Backend: binary stats of another process' VM or vCPU through
+//! `pidfd_open` + `pidfd_getfd` + `KVM_GET_STATS_FD`.
+//!
+//! The duplicated VM/vCPU fd is closed as soon as the stats fd exists, so
+//! this tool never keeps a guest alive. Before the ioctl, the duplicate is
+//! checked to still be a KVM fd of the expected kind: the fd number came
+//! from an earlier scan and may since have been reused for another file.
+//! Raw syscalls because `libc` has no wrappers for the pidfd calls.
+//!
+//! Limit found on a real kernel: KVM answers every VM and vCPU ioctl from a
+//! process whose mm is not the VM's with `EIO`, so this works only inside
+//! the VMM's own process (or a thread sharing its mm). Other processes get
+//! [`StatsFdError::ForeignProcess`]; that is what the VM registry's
+//! `/proc/<pid>/kvm/<id>/stats` file is for.
+
+use super::fd_scan::{classify_link, KvmFd};
+use crate::procfs::{classify, Skip};
+use crate::stats::{self, Layout, StatsError};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// `_IO(KVMIO, 0xce)`.
+pub const KVM_GET_STATS_FD: libc::c_ulong = 0xAE00 | 0xce;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatsFdError {
+    #[error("process {0} is gone")]
+    Gone(u32),
+    #[error(
+        "not permitted to take fd {fd} of pid {pid}: pidfd_getfd needs ptrace attach rights (same user and kernel.yama.ptrace_scope allowing it, or CAP_SYS_PTRACE)"
+    )]
+    Denied { pid: u32, fd: i32 },
+    #[error("fd {fd} of pid {pid} is no longer the expected KVM fd")]
+    NotKvm { pid: u32, fd: i32 },
+    #[error(
+        "KVM refuses VM and vCPU ioctls from any process but the VM's creator (EIO): on this kernel another process' stats need /proc/<pid>/kvm/<id>/stats (VM registry) or debugfs"
+    )]
+    ForeignProcess,
+    #[error("this kernel lacks {0}")]
+    Unsupported(&'static str),
+    #[error("{0}")]
+    Stats(#[from] StatsError),
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+fn map_err(e: io::Error, pid: u32, fd: i32) -> StatsFdError {
+    match classify(&e) {
+        Some(Skip::Gone) => StatsFdError::Gone(pid),
+        Some(Skip::Denied) => StatsFdError::Denied { pid, fd },
+        None => StatsFdError::Io(e),
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+    // it touches no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: r is a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: takes two ints and flags, returns a new fd or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: r is a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// Open the stats of VM or vCPU fd `fd` of process `pid`. Returns the
+/// stats file (keep it to poll with [`stats::read_values`]) and its layout.
+pub fn open(pid: u32, fd: i32, expect: KvmFd) -> Result<(File, Layout), StatsFdError> {
+    let pidfd = pidfd_open(pid).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOSYS) => StatsFdError::Unsupported("pidfd_open (Linux 5.3)"),
+        _ => map_err(e, pid, fd),
+    })?;
+    let dup = pidfd_getfd(&pidfd, fd).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOSYS) => StatsFdError::Unsupported("pidfd_getfd (Linux 5.6)"),
+        Some(libc::EBADF) => StatsFdError::NotKvm { pid, fd },
+        _ => map_err(e, pid, fd),
+    })?;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", dup.as_raw_fd()))
+        .map_err(StatsFdError::Io)?;
+    let kind = classify_link(&link.to_string_lossy());
+    let same = match (kind, expect) {
+        (Some(KvmFd::Vm), KvmFd::Vm) => true,
+        (Some(KvmFd::Vcpu(a)), KvmFd::Vcpu(b)) => a == b,
+        _ => false,
+    };
+    if !same {
+        return Err(StatsFdError::NotKvm { pid, fd });
+    }
+    // SAFETY: the fd is a KVM VM or vCPU fd (checked above), for which
+    // KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
+    let r = unsafe { libc::ioctl(dup.as_raw_fd(), KVM_GET_STATS_FD as _, 0) };
+    let err = io::Error::last_os_error();
+    // Close the guest's fd now: holding it would keep the VM alive.
+    drop(dup);
+    drop(pidfd);
+    if r < 0 {
+        return Err(match err.raw_os_error() {
+            Some(libc::ENOTTY) | Some(libc::EINVAL) => {
+                StatsFdError::Unsupported("KVM_GET_STATS_FD (Linux 5.14)")
+            }
+            // kvm_vm_ioctl() and kvm_vcpu_ioctl() return EIO when the
+            // caller's mm is not the VM's.
+            Some(libc::EIO) => StatsFdError::ForeignProcess,
+            _ => StatsFdError::Io(err),
+        });
+    }
+    // SAFETY: r is a fresh fd that nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(r) };
+    let layout = stats::read_layout(&mut file)?;
+    Ok((file, layout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_kvm_fd_is_refused_before_any_ioctl() {
+        // Our own stdin-ish fd: a pipe end, certainly not a KVM fd.
+        let (r, _w) = std::io::pipe().unwrap();
+        let fd = r.as_raw_fd();
+        match open(std::process::id(), fd, KvmFd::Vm) {
+            Err(StatsFdError::NotKvm { .. }) => {}
+            Err(StatsFdError::Unsupported(w)) => eprintln!("skipped: kernel lacks {w}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_vanished_process_is_gone() {
+        // pid_max is at most 2^22, so this pid cannot exist.
+        match open(1 << 23, 3, KvmFd::Vm) {
+            Err(StatsFdError::Gone(_)) => {}
+            Err(StatsFdError::Unsupported(w)) => eprintln!("skipped: kernel lacks {w}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Sampling guests with `perf_event_open`: one `cpu-clock` event per vCPU
+//! thread, `PERF_SAMPLE_IP | PERF_SAMPLE_TID`, each with its own mmap ring.
+//!
+//! Samples taken while a vCPU ran guest code carry
+//! `PERF_RECORD_MISC_GUEST_KERNEL/USER` and the guest IP. Which guest and
+//! vCPU they belong to comes from the registry's `PERF_SAMPLE_GUEST_ID`
+//! when the kernel has it (probed: older kernels say `EINVAL`), otherwise
+//! from the thread: we only open events on known vCPU threads.
+
+pub mod profile;
+pub mod record;
+pub mod ring;
+
+use crate::Guest;
+use perf_event_open_sys::bindings as sys;
+use record::{Record, Sample, BASE_SAMPLE_TYPE, PERF_SAMPLE_GUEST_ID};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PerfError {
+    #[error(
+        "perf_event_open on thread {tid} was refused ({err}): sampling another process' vCPU threads in guest mode needs CAP_PERFMON (or root), or else kernel.perf_event_paranoid <= 1 (it is {paranoid}) and ptrace rights over the VMM (same user)"
+    )]
+    Permission {
+        tid: u32,
+        err: io::Error,
+        paranoid: String,
+    },
+    #[error("thread {0} is gone")]
+    Gone(u32),
+    #[error("no vCPU threads known for these guests: nothing to sample (vCPU threads come from the VM registry, debugfs or qemu's thread names)")]
+    NoThreads,
+    #[error("perf_event_open on thread {tid}: {err}")]
+    Io { tid: u32, err: io::Error },
+}
+
+fn paranoid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Open a disabled `cpu-clock` sampling event on thread `tid` (0: self).
+pub fn open_event(tid: u32, sample_type: u64, period_ns: u64) -> io::Result<OwnedFd> {
+    // SAFETY: perf_event_attr is plain data; all-zero is a valid start.
+    let mut attr: sys::perf_event_attr = unsafe { std::mem::zeroed() };
+    attr.type_ = sys::PERF_TYPE_SOFTWARE;
+    attr.size = std::mem::size_of::<sys::perf_event_attr>() as u32;
+    attr.config = sys::PERF_COUNT_SW_CPU_CLOCK as u64;
+    attr.__bindgen_anon_1.sample_period = period_ns;
+    attr.sample_type = sample_type;
+    attr.set_disabled(1);
+    let pid = libc::pid_t::try_from(tid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: attr is initialised and outlives the call; the flags ask for
+    // a close-on-exec fd.
+    let fd = unsafe {
+        perf_event_open_sys::perf_event_open(&mut attr, pid, -1, -1, sys::PERF_FLAG_FD_CLOEXEC as _)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Does this kernel know `PERF_SAMPLE_GUEST_ID`? Probed on the caller's
+/// own thread, which needs no privilege for a user-space-capable event.
+pub fn probe_guest_id() -> bool {
+    open_event(0, BASE_SAMPLE_TYPE | PERF_SAMPLE_GUEST_ID, 1_000_000).is_ok()
+}
+
+/// How samples are tied to guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attribution {
+    /// The kernel's `PERF_SAMPLE_GUEST_ID` tag.
+    GuestId,
+    /// The sampled thread is a known vCPU thread.
+    VcpuThread,
+}
+
+struct Event {
+    tid: u32,
+    _fd: OwnedFd,
+    ring: ring::Ring,
+}
+
+/// Sampling of a set of guests' vCPU threads.
+pub struct Sampler {
+    events: Vec<Event>,
+    pub sample_type: u64,
+    pub attribution: Attribution,
+    /// Samples the kernel dropped (ring full), from `PERF_RECORD_LOST`.
+    pub lost: u64,
+    /// Records that did not parse.
+    pub bad_records: u64,
+}
+
+/// Sampling parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct SamplerConfig {
+    /// `cpu-clock` period in ns (1_000_000 = 1 kHz per thread).
+    pub period_ns: u64,
+    /// Ring size per thread, in pages (a power of two).
+    pub data_pages: usize,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            period_ns: 1_000_000,
+            data_pages: 16,
+        }
+    }
+}
+
+const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+
+impl Sampler {
+    /// Open events on every known vCPU thread of `guests`.
+    pub fn new(guests: &[Guest], cfg: SamplerConfig) -> Result<Sampler, PerfError> {
+        let tids: Vec<u32> = guests
+            .iter()
+            .flat_map(|g| g.vcpus.iter().filter_map(|v| v.tid))
+            .collect();
+        if tids.is_empty() {
+            return Err(PerfError::NoThreads);
+        }
+        let (sample_type, attribution) = if probe_guest_id() {
+            (
+                BASE_SAMPLE_TYPE | PERF_SAMPLE_GUEST_ID,
+                Attribution::GuestId,
+            )
+        } else {
+            (BASE_SAMPLE_TYPE, Attribution::VcpuThread)
+        };
+        let mut events = Vec::new();
+        for tid in tids {
+            let fd = open_event(tid, sample_type, cfg.period_ns).map_err(|err| {
+                match err.raw_os_error() {
+                    Some(libc::EACCES) | Some(libc::EPERM) => PerfError::Permission {
+                        tid,
+                        err,
+                        paranoid: paranoid(),
+                    },
+                    Some(libc::ESRCH) => PerfError::Gone(tid),
+                    _ => PerfError::Io { tid, err },
+                }
+            })?;
+            let ring =
+                ring::Ring::new(&fd, cfg.data_pages).map_err(|err| PerfError::Io { tid, err })?;
+            events.push(Event { tid, _fd: fd, ring });
+        }
+        for e in &events {
+            // SAFETY: PERF_EVENT_IOC_ENABLE on a perf fd takes no argument.
+            let r = unsafe { libc::ioctl(e._fd.as_raw_fd(), PERF_EVENT_IOC_ENABLE as _, 0) };
+            if r < 0 {
+                return Err(PerfError::Io {
+                    tid: e.tid,
+                    err: io::Error::last_os_error(),
+                });
+            }
+        }
+        Ok(Sampler {
+            events,
+            sample_type,
+            attribution,
+            lost: 0,
+            bad_records: 0,
+        })
+    }
+
+    /// The threads being sampled.
+    pub fn threads(&self) -> Vec<u32> {
+        self.events.iter().map(|e| e.tid).collect()
+    }
+
+    /// Read all pending samples.
+    pub fn poll(&mut self, mut f: impl FnMut(Sample)) {
+        let st = self.sample_type;
+        let (mut lost, mut bad) = (0, 0);
+        for e in &mut self.events {
+            e.ring.drain(|rec| match record::parse(rec, st) {
+                Ok(Record::Sample(s)) => f(s),
+                Ok(Record::Lost(n)) => lost += n,
+                Ok(Record::Other(_)) => {}
+                Err(_) => bad += 1,
+            });
+        }
+        self.lost += lost;
+        self.bad_records += bad;
+    }
+}
+
+/// Where a sample belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Index into the guest list.
+    pub guest: usize,
+    /// vCPU index within the guest, when known.
+    pub vcpu: Option<u32>,
+}
+
+/// Ties samples to guests, by the kernel's tag or by vCPU thread.
+pub struct Attributor {
+    by_tid: HashMap<u32, (usize, u32)>,
+    by_id: HashMap<u64, usize>,
+}
+
+impl Attributor {
+    pub fn new(guests: &[Guest]) -> Self {
+        let mut by_tid = HashMap::new();
+        let mut by_id = HashMap::new();
+        for (i, g) in guests.iter().enumerate() {
+            if let Some(id) = g.id {
+                by_id.insert(id, i);
+            }
+            for v in &g.vcpus {
+                if let Some(t) = v.tid {
+                    by_tid.insert(t, (i, v.index));
+                }
+            }
+        }
+        Attributor { by_tid, by_id }
+    }
+
+    /// The guest of a sample; `None` for host-mode samples and strangers.
+    pub fn owner(&self, s: &Sample) -> Option<Owner> {
+        if !s.mode.is_guest() {
+            return None;
+        }
+        if let Some(tag) = s.guest {
+            if tag.vm_id != 0 {
+                let guest = *self.by_id.get(&tag.vm_id)?;
+                return Some(Owner {
+                    guest,
+                    vcpu: Some(tag.vcpu_idx),
+                });
+            }
+        }
+        let (guest, vcpu) = *self.by_tid.get(&s.tid)?;
+        Some(Owner {
+            guest,
+            vcpu: Some(vcpu),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record::{CpuMode, GuestTag};
+    use super::*;
+    use crate::Vcpu;
+
+    fn guest(id: Option<u64>, tids: &[u32]) -> Guest {
+        let mut g = Guest::new(1);
+        g.id = id;
+        for (i, t) in tids.iter().enumerate() {
+            g.vcpus.push(Vcpu {
+                index: i as u32,
+                vcpu_id: Some(i as u32),
+                tid: Some(*t),
+                tid_source: None,
+                fd: None,
+            });
+        }
+        g
+    }
+
+    fn s(mode: CpuMode, tid: u32, guest: Option<GuestTag>) -> Sample {
+        Sample {
+            mode,
+            ip: 0x1100,
+            pid: 1,
+            tid,
+            guest,
+        }
+    }
+
+    #[test]
+    fn attribution_by_tag_then_thread() {
+        let gs = [guest(Some(3), &[10, 11]), guest(Some(4), &[20])];
+        let a = Attributor::new(&gs);
+        assert_eq!(
+            a.owner(&s(CpuMode::GuestKernel, 11, None)),
+            Some(Owner {
+                guest: 0,
+                vcpu: Some(1)
+            })
+        );
+        assert_eq!(a.owner(&s(CpuMode::HostKernel, 11, None)), None);
+        assert_eq!(a.owner(&s(CpuMode::GuestUser, 99, None)), None);
+        // The kernel's tag wins over the thread.
+        let tag = GuestTag {
+            vm_id: 4,
+            vcpu_idx: 0,
+        };
+        assert_eq!(
+            a.owner(&s(CpuMode::GuestKernel, 11, Some(tag))),
+            Some(Owner {
+                guest: 1,
+                vcpu: Some(0)
+            })
+        );
+    }
+
+    #[test]
+    fn no_threads_is_a_clear_error() {
+        let e = Sampler::new(&[guest(None, &[])], SamplerConfig::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no vCPU threads known"));
+    }
+}

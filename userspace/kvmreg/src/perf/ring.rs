@@ -1,0 +1,115 @@
+//! The mmap'ed ring buffer of one perf event.
+
+use perf_event_open_sys::bindings::perf_event_mmap_page;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{fence, Ordering};
+
+/// A mapped ring: one metadata page and `2^n` data pages.
+pub struct Ring {
+    base: *mut u8,
+    len: usize,
+    data_offset: usize,
+    data_size: usize,
+}
+
+// SAFETY: the mapping is owned by the Ring and only accessed through &mut.
+unsafe impl Send for Ring {}
+
+impl Ring {
+    /// Map `data_pages` (a power of two) data pages of `fd`.
+    pub fn new(fd: &OwnedFd, data_pages: usize) -> io::Result<Ring> {
+        if !data_pages.is_power_of_two() {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: sysconf has no memory effects.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = usize::try_from(page).map_err(|_| io::Error::last_os_error())?;
+        let len = page * (1 + data_pages);
+        // SAFETY: a fresh shared mapping of the event fd; failure is
+        // MAP_FAILED, checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let meta = p.cast::<perf_event_mmap_page>();
+        // SAFETY: the first page is the metadata page, mapped above; the
+        // kernel fills data_offset/data_size (0 on kernels before 4.1).
+        let (off, size) = unsafe {
+            (
+                std::ptr::addr_of!((*meta).data_offset).read_volatile(),
+                std::ptr::addr_of!((*meta).data_size).read_volatile(),
+            )
+        };
+        let (data_offset, data_size) = if size == 0 {
+            (page, page * data_pages)
+        } else {
+            (off as usize, size as usize)
+        };
+        if data_offset.checked_add(data_size).is_none_or(|e| e > len) {
+            // SAFETY: p/len is the mapping made above.
+            unsafe { libc::munmap(p, len) };
+            return Err(io::Error::from(io::ErrorKind::InvalidData));
+        }
+        Ok(Ring {
+            base: p.cast(),
+            len,
+            data_offset,
+            data_size,
+        })
+    }
+
+    /// Hand every complete record now in the ring to `f`, then free their
+    /// space. Records that wrap are copied into one buffer.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
+        let meta = self.base.cast::<perf_event_mmap_page>();
+        // SAFETY: meta points to the mapped metadata page; data_head is
+        // written by the kernel, hence the volatile read and the fence.
+        let head = unsafe { std::ptr::addr_of!((*meta).data_head).read_volatile() };
+        fence(Ordering::Acquire);
+        // SAFETY: as above; data_tail is ours to write.
+        let mut tail = unsafe { std::ptr::addr_of!((*meta).data_tail).read_volatile() };
+        let size = self.data_size as u64;
+        // SAFETY: data_offset + data_size lies within the mapping (checked).
+        let data =
+            unsafe { std::slice::from_raw_parts(self.base.add(self.data_offset), self.data_size) };
+        let mut buf = Vec::new();
+        while head.wrapping_sub(tail) >= super::record::HEADER_SIZE as u64 {
+            let copy = |from: u64, n: usize, out: &mut Vec<u8>| {
+                out.clear();
+                for i in 0..n as u64 {
+                    out.push(data[((from + i) % size) as usize]);
+                }
+            };
+            copy(tail, super::record::HEADER_SIZE, &mut buf);
+            let rec_size = u16::from_ne_bytes([buf[6], buf[7]]) as u64;
+            if rec_size < super::record::HEADER_SIZE as u64 || rec_size > head.wrapping_sub(tail) {
+                // A corrupt size: drop everything up to head.
+                tail = head;
+                break;
+            }
+            copy(tail, rec_size as usize, &mut buf);
+            f(&buf);
+            tail = tail.wrapping_add(rec_size);
+        }
+        fence(Ordering::SeqCst);
+        // SAFETY: see above; tells the kernel the space is free.
+        unsafe { std::ptr::addr_of_mut!((*meta).data_tail).write_volatile(tail) };
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: base/len is the mapping made in new().
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}

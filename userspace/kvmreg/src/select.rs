@@ -1,0 +1,147 @@
+//! Picking one guest, as the 2010 thread asked for `perf kvm`: with no
+//! argument and exactly one guest, that one; otherwise a name, a pid or an
+//! id; anything ambiguous or unknown is an error listing the candidates.
+
+use crate::{Guest, GuestName};
+use std::fmt;
+
+/// One candidate in an error message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: Option<GuestName>,
+    pub id: Option<u64>,
+    pub pid: u32,
+}
+
+impl fmt::Display for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self
+            .name
+            .as_ref()
+            .map_or("-".to_string(), |n| n.to_string());
+        let id = self.id.map_or("-".to_string(), |i| i.to_string());
+        write!(f, "  name {name:<20} id {id:<6} pid {}", self.pid)
+    }
+}
+
+fn list(c: &[Candidate]) -> String {
+    c.iter().map(|c| format!("\n{c}")).collect()
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SelectError {
+    #[error("no KVM guests found (or none visible to this user)")]
+    NoGuests,
+    #[error("{} guests running; pick one with -g NAME, a pid or an id:{}", .0.len(), list(.0))]
+    Ambiguous(Vec<Candidate>),
+    #[error("no guest matches '{wanted}'; the guests are:{}", list(.candidates))]
+    NotFound {
+        wanted: String,
+        candidates: Vec<Candidate>,
+    },
+    #[error("'{wanted}' matches {} guests; pass one of their ids instead:{}", .matches.len(), list(.matches))]
+    Matches {
+        wanted: String,
+        matches: Vec<Candidate>,
+    },
+}
+
+fn candidate(g: &Guest) -> Candidate {
+    Candidate {
+        name: g.name.clone(),
+        id: g.id,
+        pid: g.pid,
+    }
+}
+
+/// Select one guest. `wanted` is a kernel name, then an id, then a pid,
+/// then (only if nothing else matched) an unverified qemu `-name` hint.
+pub fn select<'a>(guests: &'a [Guest], wanted: Option<&str>) -> Result<&'a Guest, SelectError> {
+    let all = || guests.iter().map(candidate).collect::<Vec<_>>();
+    let Some(w) = wanted else {
+        return match guests {
+            [] => Err(SelectError::NoGuests),
+            [one] => Ok(one),
+            _ => Err(SelectError::Ambiguous(all())),
+        };
+    };
+    let num: Option<u64> = w.parse().ok();
+    let tiers: [&dyn Fn(&Guest) -> bool; 4] = [
+        &|g| matches!(&g.name, Some(GuestName::Kernel(n)) if n == w),
+        &|g| num.is_some() && g.id == num,
+        &|g| num.is_some_and(|n| u64::from(g.pid) == n),
+        &|g| matches!(&g.name, Some(GuestName::CmdlineHint(n)) if n == w),
+    ];
+    for t in tiers {
+        let m: Vec<&Guest> = guests.iter().filter(|g| t(g)).collect();
+        match m.as_slice() {
+            [] => continue,
+            [one] => return Ok(one),
+            many => {
+                return Err(SelectError::Matches {
+                    wanted: w.to_string(),
+                    matches: many.iter().map(|g| candidate(g)).collect(),
+                })
+            }
+        }
+    }
+    Err(SelectError::NotFound {
+        wanted: w.to_string(),
+        candidates: all(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(name: Option<GuestName>, id: Option<u64>, pid: u32) -> Guest {
+        let mut g = Guest::new(pid);
+        g.name = name;
+        g.id = id;
+        g
+    }
+
+    fn k(s: &str) -> Option<GuestName> {
+        Some(GuestName::Kernel(s.into()))
+    }
+
+    #[test]
+    fn no_argument() {
+        assert_eq!(select(&[], None), Err(SelectError::NoGuests));
+        let one = [g(k("web"), Some(3), 100)];
+        assert_eq!(select(&one, None).unwrap().pid, 100);
+        let two = [g(k("web"), Some(3), 100), g(k("db"), Some(4), 100)];
+        let e = select(&two, None).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("2 guests running; pick one with -g NAME"),
+            "{msg}"
+        );
+        assert!(msg.contains("name web") && msg.contains("id 4") && msg.contains("pid 100"));
+    }
+
+    #[test]
+    fn by_name_id_pid() {
+        let gs = [
+            g(k("web"), Some(3), 100),
+            g(k("db"), Some(4), 100),
+            g(k("7"), Some(5), 200),
+            g(Some(GuestName::CmdlineHint("batch".into())), None, 300),
+        ];
+        assert_eq!(select(&gs, Some("db")).unwrap().id, Some(4));
+        assert_eq!(select(&gs, Some("3")).unwrap().id, Some(3));
+        assert_eq!(select(&gs, Some("200")).unwrap().id, Some(5));
+        // A kernel name wins over an equal id or pid.
+        assert_eq!(select(&gs, Some("7")).unwrap().id, Some(5));
+        assert_eq!(select(&gs, Some("batch")).unwrap().pid, 300);
+        // pid 100 owns two VMs.
+        let e = select(&gs, Some("100")).unwrap_err();
+        assert!(matches!(&e, SelectError::Matches { matches, .. } if matches.len() == 2));
+        assert!(e.to_string().contains("pass one of their ids"));
+        let e = select(&gs, Some("nope")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("no guest matches 'nope'"));
+        assert!(msg.contains("batch? (qemu -name, unverified)"), "{msg}");
+    }
+}

@@ -1,0 +1,433 @@
+//! Parser for KVM's binary stats stream (`KVM_GET_STATS_FD`, and
+//! `/proc/<pid>/kvm/<id>/stats` on a patched kernel), for VMs and vCPUs.
+//!
+//! Layout (Documentation/virt/kvm/api.rst): a `struct kvm_stats_header`
+//! `{flags, name_size, num_desc, id_offset, desc_offset, data_offset}` (six
+//! u32), an id string of `name_size` bytes at `id_offset`, `num_desc`
+//! descriptors `{u32 flags; s16 exponent; u16 size; u32 offset; u32
+//! bucket_size; char name[name_size]}` at `desc_offset`, and the data: for
+//! each descriptor `size` u64 values at `data_offset + offset`. All fields
+//! are in the host's byte order.
+//!
+//! Hand-written rather than read through `kvm-bindings`' structs because the
+//! input may come from a file anyone can craft (a saved stream, a fuzzer):
+//! every length and offset is bounds-checked here, and the descriptors are
+//! read once while the data can be re-read with `pread` on every poll.
+
+use kvm_bindings::{
+    KVM_STATS_BASE_MASK, KVM_STATS_BASE_POW2, KVM_STATS_TYPE_CUMULATIVE, KVM_STATS_TYPE_INSTANT,
+    KVM_STATS_TYPE_LINEAR_HIST, KVM_STATS_TYPE_LOG_HIST, KVM_STATS_TYPE_MASK, KVM_STATS_TYPE_PEAK,
+    KVM_STATS_UNIT_BOOLEAN, KVM_STATS_UNIT_BYTES, KVM_STATS_UNIT_CYCLES, KVM_STATS_UNIT_MASK,
+    KVM_STATS_UNIT_NONE, KVM_STATS_UNIT_SECONDS,
+};
+use serde::Serialize;
+use std::io;
+
+/// Size of `struct kvm_stats_header`.
+pub const HEADER_SIZE: usize = 24;
+/// Size of `struct kvm_stats_desc` without its name.
+pub const DESC_FIXED_SIZE: usize = 16;
+/// Sanity limits: far above what any kernel emits (a few hundred stats,
+/// names of 48 bytes), low enough that garbage cannot make us allocate much.
+pub const MAX_DESCS: u32 = 8192;
+pub const MAX_NAME_SIZE: u32 = 1024;
+pub const MAX_DATA_BYTES: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error("stats stream truncated: need {need} bytes at offset {offset}")]
+    Truncated { offset: u64, need: u64 },
+    #[error("stats header is implausible: {0}")]
+    BadHeader(String),
+    #[error("stats descriptor {index} is invalid: {why}")]
+    BadDesc { index: u32, why: String },
+    #[error("reading the stats stream: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What a stat counts (`KVM_STATS_TYPE_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatType {
+    Cumulative,
+    Instant,
+    Peak,
+    LinearHist,
+    LogHist,
+    Unknown(u32),
+}
+
+/// The unit of a stat (`KVM_STATS_UNIT_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatUnit {
+    None,
+    Bytes,
+    Seconds,
+    Cycles,
+    Boolean,
+    Unknown(u32),
+}
+
+/// One stat's descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Desc {
+    pub name: String,
+    pub flags: u32,
+    pub kind: StatType,
+    pub unit: StatUnit,
+    /// True for powers of 2 (`KVM_STATS_BASE_POW2`), else powers of 10.
+    pub base_pow2: bool,
+    /// value * base^exponent is the value in `unit`.
+    pub exponent: i16,
+    /// Number of u64 values (buckets for histograms).
+    pub size: u16,
+    /// Offset of the values from the start of the data block.
+    pub offset: u32,
+    pub bucket_size: u32,
+}
+
+/// Header, id and descriptors: what stays fixed for the life of a stats fd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layout {
+    pub flags: u32,
+    pub id: String,
+    pub descs: Vec<Desc>,
+    pub data_offset: u64,
+    /// Bytes of the data block that the descriptors cover.
+    pub data_len: u64,
+}
+
+/// A stat and its values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stat {
+    pub desc: Desc,
+    pub values: Vec<u64>,
+}
+
+/// A parsed stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub id: String,
+    pub stats: Vec<Stat>,
+}
+
+impl Stats {
+    /// The first value of a stat by name (the counter for scalar stats).
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.stats
+            .iter()
+            .find(|s| s.desc.name == name)
+            .and_then(|s| s.values.first().copied())
+    }
+}
+
+/// A source that can be read at an offset: a stats fd, a `/proc` stats file,
+/// or bytes in memory.
+pub trait ReadAt {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for std::fs::File {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for &[u8] {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| eof())?;
+        let end = start.checked_add(buf.len()).ok_or_else(eof)?;
+        let src = self.get(start..end).ok_or_else(eof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// Adapter for any `Read + Seek`.
+pub struct SeekReader<R>(pub R);
+
+impl<R: io::Read + io::Seek> ReadAt for SeekReader<R> {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.seek(io::SeekFrom::Start(offset))?;
+        self.0.read_exact(buf)
+    }
+}
+
+fn eof() -> io::Error {
+    io::Error::from(io::ErrorKind::UnexpectedEof)
+}
+
+fn read_at(src: &mut impl ReadAt, offset: u64, len: u64) -> Result<Vec<u8>, StatsError> {
+    let n = usize::try_from(len).map_err(|_| StatsError::Truncated { offset, need: len })?;
+    let mut buf = vec![0u8; n];
+    match src.read_exact_at(&mut buf, offset) {
+        Ok(()) => Ok(buf),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err(StatsError::Truncated { offset, need: len })
+        }
+        Err(e) => Err(StatsError::Io(e)),
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_ne_bytes(a)
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    let mut a = [0u8; 2];
+    a.copy_from_slice(&b[at..at + 2]);
+    u16::from_ne_bytes(a)
+}
+
+/// Text up to the first NUL, lossily decoded.
+fn c_string(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn stat_type(flags: u32) -> StatType {
+    match flags & KVM_STATS_TYPE_MASK {
+        KVM_STATS_TYPE_CUMULATIVE => StatType::Cumulative,
+        KVM_STATS_TYPE_INSTANT => StatType::Instant,
+        KVM_STATS_TYPE_PEAK => StatType::Peak,
+        KVM_STATS_TYPE_LINEAR_HIST => StatType::LinearHist,
+        KVM_STATS_TYPE_LOG_HIST => StatType::LogHist,
+        t => StatType::Unknown(t),
+    }
+}
+
+fn stat_unit(flags: u32) -> StatUnit {
+    match flags & KVM_STATS_UNIT_MASK {
+        KVM_STATS_UNIT_NONE => StatUnit::None,
+        KVM_STATS_UNIT_BYTES => StatUnit::Bytes,
+        KVM_STATS_UNIT_SECONDS => StatUnit::Seconds,
+        KVM_STATS_UNIT_CYCLES => StatUnit::Cycles,
+        KVM_STATS_UNIT_BOOLEAN => StatUnit::Boolean,
+        u => StatUnit::Unknown(u),
+    }
+}
+
+/// Read and check header, id and descriptors.
+pub fn read_layout(src: &mut impl ReadAt) -> Result<Layout, StatsError> {
+    let h = read_at(src, 0, HEADER_SIZE as u64)?;
+    let flags = u32_at(&h, 0);
+    let name_size = u32_at(&h, 4);
+    let num_desc = u32_at(&h, 8);
+    let id_offset = u64::from(u32_at(&h, 12));
+    let desc_offset = u64::from(u32_at(&h, 16));
+    let data_offset = u64::from(u32_at(&h, 20));
+    if name_size == 0 || name_size > MAX_NAME_SIZE {
+        return Err(StatsError::BadHeader(format!("name_size {name_size}")));
+    }
+    if num_desc > MAX_DESCS {
+        return Err(StatsError::BadHeader(format!("num_desc {num_desc}")));
+    }
+    let id = c_string(&read_at(src, id_offset, u64::from(name_size))?);
+    let desc_size = DESC_FIXED_SIZE as u64 + u64::from(name_size);
+    let descs_bytes = read_at(src, desc_offset, desc_size * u64::from(num_desc))?;
+    let mut descs = Vec::with_capacity(num_desc as usize);
+    let mut data_len = 0u64;
+    for (i, d) in descs_bytes.chunks_exact(desc_size as usize).enumerate() {
+        let index = i as u32;
+        let dflags = u32_at(d, 0);
+        let exponent = u16_at(d, 4) as i16;
+        let size = u16_at(d, 6);
+        let offset = u32_at(d, 8);
+        let bucket_size = u32_at(d, 12);
+        let name = c_string(&d[DESC_FIXED_SIZE..]);
+        let bad = |why: String| StatsError::BadDesc { index, why };
+        if name.is_empty() {
+            return Err(bad("empty name".into()));
+        }
+        let end = u64::from(offset) + u64::from(size) * 8;
+        if end > MAX_DATA_BYTES {
+            return Err(bad(format!("data ends at {end}, beyond {MAX_DATA_BYTES}")));
+        }
+        if offset % 8 != 0 {
+            return Err(bad(format!("offset {offset} not 8-byte aligned")));
+        }
+        data_len = data_len.max(end);
+        descs.push(Desc {
+            name,
+            flags: dflags,
+            kind: stat_type(dflags),
+            unit: stat_unit(dflags),
+            base_pow2: dflags & KVM_STATS_BASE_MASK == KVM_STATS_BASE_POW2,
+            exponent,
+            size,
+            offset,
+            bucket_size,
+        });
+    }
+    Ok(Layout {
+        flags,
+        id,
+        descs,
+        data_offset,
+        data_len,
+    })
+}
+
+/// Read the data block for a layout: cheap enough to repeat each poll.
+pub fn read_values(layout: &Layout, src: &mut impl ReadAt) -> Result<Stats, StatsError> {
+    let data = read_at(src, layout.data_offset, layout.data_len)?;
+    let stats = layout
+        .descs
+        .iter()
+        .map(|d| {
+            let start = d.offset as usize;
+            let values = data[start..start + usize::from(d.size) * 8]
+                .chunks_exact(8)
+                .map(|c| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(c);
+                    u64::from_ne_bytes(a)
+                })
+                .collect();
+            Stat {
+                desc: d.clone(),
+                values,
+            }
+        })
+        .collect();
+    Ok(Stats {
+        id: layout.id.clone(),
+        stats,
+    })
+}
+
+/// Parse a whole stream held in memory. Never panics, whatever the bytes.
+pub fn parse(bytes: &[u8]) -> Result<Stats, StatsError> {
+    let mut src = bytes;
+    let layout = read_layout(&mut src)?;
+    read_values(&layout, &mut src)
+}
+
+/// Build a stream, for tests of this parser and of its users.
+#[doc(hidden)]
+pub fn encode(id: &str, name_size: u32, stats: &[(&str, u32, &[u64])]) -> Vec<u8> {
+    let desc_size = DESC_FIXED_SIZE + name_size as usize;
+    let id_offset = HEADER_SIZE;
+    let desc_offset = id_offset + name_size as usize;
+    let data_offset = desc_offset + desc_size * stats.len();
+    let mut out = Vec::new();
+    for v in [
+        0,
+        name_size,
+        stats.len() as u32,
+        id_offset as u32,
+        desc_offset as u32,
+        data_offset as u32,
+    ] {
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+    let name = |s: &str, out: &mut Vec<u8>| {
+        let mut b = s.as_bytes().to_vec();
+        b.resize(name_size as usize, 0);
+        out.extend_from_slice(&b);
+    };
+    name(id, &mut out);
+    let mut off = 0u32;
+    for (n, flags, vals) in stats {
+        out.extend_from_slice(&flags.to_ne_bytes());
+        out.extend_from_slice(&0i16.to_ne_bytes());
+        out.extend_from_slice(&(vals.len() as u16).to_ne_bytes());
+        out.extend_from_slice(&off.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        name(n, &mut out);
+        off += vals.len() as u32 * 8;
+    }
+    for (_, _, vals) in stats {
+        for v in *vals {
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        encode(
+            "kvm-1234",
+            48,
+            &[
+                ("remote_tlb_flush", KVM_STATS_TYPE_CUMULATIVE, &[7]),
+                (
+                    "max_mmu_page_hash_collisions",
+                    KVM_STATS_TYPE_PEAK | KVM_STATS_UNIT_NONE,
+                    &[3],
+                ),
+                (
+                    "halt_poll_fail_hist",
+                    KVM_STATS_TYPE_LOG_HIST | KVM_STATS_UNIT_SECONDS,
+                    &[1, 2, 3, 4],
+                ),
+            ],
+        )
+    }
+
+    #[test]
+    fn parses_a_stream() {
+        let s = parse(&sample()).unwrap();
+        assert_eq!(s.id, "kvm-1234");
+        assert_eq!(s.get("remote_tlb_flush"), Some(7));
+        assert_eq!(s.stats[1].desc.kind, StatType::Peak);
+        assert_eq!(s.stats[2].desc.kind, StatType::LogHist);
+        assert_eq!(s.stats[2].desc.unit, StatUnit::Seconds);
+        assert_eq!(s.stats[2].values, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn reads_through_read_seek_and_file() {
+        let bytes = sample();
+        let mut r = SeekReader(std::io::Cursor::new(bytes.clone()));
+        let l = read_layout(&mut r).unwrap();
+        assert_eq!(read_values(&l, &mut r).unwrap(), parse(&bytes).unwrap());
+        let d = crate::testutil::TempDir::new("stats");
+        d.write("stats", &bytes);
+        let mut f = std::fs::File::open(d.path().join("stats")).unwrap();
+        assert_eq!(
+            read_values(&l, &mut f).unwrap().get("remote_tlb_flush"),
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let b = sample();
+        for n in 0..b.len() {
+            assert!(parse(&b[..n]).is_err(), "prefix of {n} bytes accepted");
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A small deterministic xorshift fuzzer: mutate bytes of a valid
+        // stream, including the header, and parse.
+        let base = sample();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            let mut b = base.clone();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x as usize) % b.len();
+                b[i] = (x >> 32) as u8;
+            }
+            let _ = parse(&b);
+        }
+        let mut hdr = base.clone();
+        hdr[8..12].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert!(matches!(parse(&hdr), Err(StatsError::BadHeader(_))));
+        let mut hdr = base;
+        hdr[4..8].copy_from_slice(&0u32.to_ne_bytes());
+        assert!(matches!(parse(&hdr), Err(StatsError::BadHeader(_))));
+    }
+}

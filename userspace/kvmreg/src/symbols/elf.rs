@@ -1,0 +1,190 @@
+//! ELF symbols (`--guestvmlinux`) via `object`, source lines via
+//! `addr2line`, and the GNU build-id.
+//!
+//! Compressed debug sections are not decompressed (the `object` crate's
+//! compression feature is left off to keep the dependency tree small); such
+//! files give symbols without lines, and say so in `lines_note`.
+
+use super::{read_capped, Resolved, SymbolError, SymbolTable, MAX_ELF_FILE};
+
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+
+type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
+
+/// The symbols (and lines) of one ELF file.
+pub struct ElfSymbols {
+    pub table: SymbolTable,
+    pub build_id: Option<Vec<u8>>,
+    lines: Option<addr2line::Context<Reader>>,
+    /// Why there are no lines, when there are none.
+    pub lines_note: Option<String>,
+}
+
+impl std::fmt::Debug for ElfSymbols {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElfSymbols")
+            .field("symbols", &self.table.len())
+            .field("build_id", &self.build_id.as_deref().map(hex))
+            .field("lines", &self.lines.is_some())
+            .finish()
+    }
+}
+
+/// Lower-case hex, as build-ids are written.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Parse an ELF image.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<ElfSymbols, SymbolError> {
+    let invalid = |why: String| SymbolError::Invalid {
+        path: path.to_path_buf(),
+        why,
+    };
+    let file = object::File::parse(bytes).map_err(|e| invalid(format!("not a valid ELF: {e}")))?;
+    if file.format() != object::BinaryFormat::Elf {
+        return Err(invalid(format!("{:?} file, not ELF", file.format())));
+    }
+    let build_id = file
+        .build_id()
+        .map_err(|e| invalid(format!("bad build-id note: {e}")))?
+        .map(<[u8]>::to_vec);
+    let mut entries = Vec::new();
+    for s in file.symbols() {
+        if s.kind() != SymbolKind::Text || !s.is_definition() {
+            continue;
+        }
+        let Ok(name) = s.name() else { continue };
+        if name.is_empty() {
+            continue;
+        }
+        entries.push((s.address(), s.size(), name.to_string(), None));
+    }
+    let (lines, lines_note) = match load_lines(&file) {
+        Ok(Some(c)) => (Some(c), None),
+        Ok(None) => (None, Some("no DWARF line information".to_string())),
+        Err(e) => (None, Some(format!("DWARF unusable: {e}"))),
+    };
+    Ok(ElfSymbols {
+        table: SymbolTable::new(entries),
+        build_id,
+        lines,
+        lines_note,
+    })
+}
+
+fn load_lines(file: &object::File<'_>) -> Result<Option<addr2line::Context<Reader>>, String> {
+    if file.section_by_name(".debug_line").is_none() {
+        return Ok(None);
+    }
+    let endian = if file.is_little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    };
+    let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
+        let data = file
+            .section_by_name(id.name())
+            .and_then(|s| {
+                if s.compressed_file_range()
+                    .is_ok_and(|r| r.format != object::CompressionFormat::None)
+                {
+                    None
+                } else {
+                    s.data().ok().map(Cow::Borrowed)
+                }
+            })
+            .unwrap_or(Cow::Borrowed(&[]));
+        Ok(gimli::EndianArcSlice::new(Arc::from(&*data), endian))
+    };
+    let dwarf = gimli::Dwarf::load(load).map_err(|e| e.to_string())?;
+    addr2line::Context::from_dwarf(dwarf)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+impl ElfSymbols {
+    /// Symbol and, where DWARF has it, file and line of `addr`.
+    pub fn resolve(&self, addr: u64) -> Option<Resolved> {
+        let mut r = self.table.lookup(addr)?;
+        if let Some(ctx) = &self.lines {
+            if let Ok(Some(loc)) = ctx.find_location(addr) {
+                r.file = loc.file.map(str::to_string);
+                r.line = loc.line;
+            }
+        }
+        Some(r)
+    }
+}
+
+/// Read and parse an ELF file.
+pub fn load(path: &Path) -> Result<ElfSymbols, SymbolError> {
+    let bytes = read_capped(path, MAX_ELF_FILE)?;
+    parse(&bytes, path)
+}
+
+/// Only the build-id of an ELF file, for matching guest files.
+pub fn build_id(bytes: &[u8]) -> Option<Vec<u8>> {
+    let file = object::File::parse(bytes).ok()?;
+    file.build_id().ok().flatten().map(<[u8]>::to_vec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    #[no_mangle]
+    pub extern "C" fn kvmreg_elf_test_marker() -> u32 {
+        std::hint::black_box(42)
+    }
+
+    #[test]
+    fn own_test_binary_has_symbols_and_lines() {
+        assert_eq!(kvmreg_elf_test_marker(), 42);
+        let exe = std::env::current_exe().unwrap();
+        let syms = load(&exe).unwrap();
+        let addr = syms
+            .table
+            .address_of("kvmreg_elf_test_marker")
+            .expect("marker symbol");
+        let r = syms.resolve(addr).unwrap();
+        assert_eq!(r.name, "kvmreg_elf_test_marker");
+        assert_eq!(r.offset, 0);
+        if syms.lines_note.is_none() {
+            let file = r.file.expect("file from DWARF");
+            assert!(file.ends_with("symbols/elf.rs"), "{file}");
+            assert!(r.line.is_some());
+        } else {
+            eprintln!("lines not tested: {:?}", syms.lines_note);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let p = Path::new("vmlinux");
+        assert!(parse(b"", p).is_err());
+        assert!(parse(b"\x7fELF\x02\x01\x01", p).is_err());
+        assert!(parse(b"not an elf at all", p).is_err());
+        // Truncations and corruptions of a real ELF header region.
+        for n in [16, 64, 200, 4096] {
+            let _ = parse(&exe[..n.min(exe.len())], p);
+        }
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..200 {
+            let mut b = exe[..exe.len().min(1 << 16)].to_vec();
+            for _ in 0..8 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x as usize) % b.len().min(4096);
+                b[i] = (x >> 40) as u8;
+            }
+            let _ = parse(&b, p);
+        }
+    }
+}
