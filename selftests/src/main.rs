@@ -6,6 +6,7 @@ mod cmd;
 mod deps;
 mod guest;
 mod kernel;
+mod libtest;
 mod paths;
 mod pipeline;
 mod qemu;

@@ -67,7 +67,11 @@ pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
     plan.modules = kernel.modules.clone();
     let plan_path = dir.join("plan.json");
     fs::write(&plan_path, serde_json::to_string_pretty(&plan)?)?;
-    let harness = std::env::current_exe()?;
+    // The guest's init is a copy of this binary in the run directory, so a
+    // rebuild of the workspace during a run cannot pull it away.
+    let harness = dir.join("harness-init");
+    fs::copy(std::env::current_exe()?, &harness)
+        .context("cannot copy the harness binary into the run directory")?;
     let timeout =
         plan.suites.iter().map(|s| s.timeout_secs).sum::<u64>() + boot_allowance(kernel.config);
     let append = format!(

@@ -31,6 +31,9 @@ pub struct SuiteRun {
     /// Whether a non-zero exit with only passing points fails the suite.
     /// (kselftests exit 4 when everything skipped.)
     pub kselftest_exit_codes: bool,
+    /// The output is a Rust test binary's (libtest), not TAP.
+    #[serde(default)]
+    pub libtest: bool,
 }
 
 /// What the guest leaves in `summary.json`.
@@ -57,6 +60,14 @@ pub const KNOWN: &[(&str, &str)] = &[
         "Debian's qemu shows up in /proc/kvm and is renamed through /proc (patched kernel)",
     ),
     (
+        "rust",
+        "the userspace crates' tests (kvmreg, fixture), on the kernel under test",
+    ),
+    (
+        "demo",
+        "the main job: named fixture guests, a named qemu, /proc/kvm and kvmtop",
+    ),
+    (
         "lkdtm",
         "provokes a WARN and a KASAN report (debug kernel): proves splats fail the run",
     ),
@@ -68,6 +79,7 @@ pub fn default_suites(tree: Tree) -> Vec<String> {
     let mut suites = vec!["smoke".into(), "kselftest".into()];
     if tree == Tree::Patched {
         suites.push("qemu-client".into());
+        suites.push("rust".into());
     }
     suites
 }
@@ -96,6 +108,14 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
             "kselftest" => runs.extend(kselftests(kernel)?),
             "lkdtm" => runs.push(script("lkdtm", "lkdtm.sh", 60)),
             "qemu-client" => runs.push(script("qemu-client", "qemu_client.sh", 120)),
+            "rust" => runs.extend(rust_tests()?),
+            "demo" => {
+                let mut run = script("demo", "demo.sh", 300);
+                let bins = payload("kvmreg-fixture")?;
+                let bins = bins.parent().unwrap_or(Path::new("."));
+                run.argv.push(bins.to_string_lossy().into_owned());
+                runs.push(run);
+            }
             other => {
                 let known: Vec<_> = KNOWN.iter().map(|(n, _)| *n).collect();
                 bail!(
@@ -104,6 +124,55 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                 );
             }
         }
+    }
+    Ok(runs)
+}
+
+/// The userspace crates whose tests run inside the test VM: they must
+/// pass against the real registry, not only on the host's unpatched kernel.
+const RUST_PACKAGES: &[&str] = &["kvmreg", "kvmreg-fixture"];
+
+/// Builds the test binaries of [`RUST_PACKAGES`] on the host (the guest sees
+/// the host's files read-only at the same paths) and makes each a suite.
+fn rust_tests() -> Result<Vec<SuiteRun>> {
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(crate::paths::repo_root())
+        .args(["test", "--no-run", "--message-format=json"]);
+    for p in RUST_PACKAGES {
+        cmd.args(["-p", p]);
+    }
+    let out = crate::cmd::capture(&mut cmd)?;
+    let mut runs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        let target = msg["target"]["name"].as_str().unwrap_or("?");
+        let package = msg["manifest_path"]
+            .as_str()
+            .map(Path::new)
+            .and_then(|m| m.parent()?.file_name()?.to_str())
+            .unwrap_or("?");
+        let name = format!("rust/{package}/{target}");
+        let mut run = simple(&name, PathBuf::from(exe), 600);
+        // One test at a time: the tests start real VMs, and the test VM
+        // has two emulated CPUs.
+        run.argv.push("--test-threads=1".into());
+        run.libtest = true;
+        runs.push(run);
+    }
+    if runs.is_empty() {
+        bail!(
+            "cargo built no test binaries for {}",
+            RUST_PACKAGES.join(", ")
+        );
     }
     Ok(runs)
 }
@@ -125,6 +194,7 @@ fn simple(name: &str, exe: PathBuf, timeout_secs: u64) -> SuiteRun {
         timeout_secs,
         verdict: None,
         kselftest_exit_codes: false,
+        libtest: false,
     }
 }
 
@@ -175,7 +245,11 @@ const KSFT_SKIP: i32 = 4;
 /// `<suite>: <point>`. Anything short of a clean, complete TAP stream and
 /// a matching exit is a failure point of its own.
 pub fn judge(suite: &SuiteRun, output: &str, exit: Exit) -> Vec<TestPoint> {
-    let parsed = tap::parse(output);
+    let parsed = if suite.libtest {
+        crate::libtest::parse(output)
+    } else {
+        tap::parse(output)
+    };
     let mut points: Vec<TestPoint> = parsed
         .points
         .iter()

@@ -1,0 +1,96 @@
+#!/bin/sh
+# The demo (`cargo xtask demo`), run inside the test VM on the patched
+# kernel: three fixture guests named web, db and batch, Debian's qemu
+# paused and named through /proc, and what the kernel and kvmtop say
+# about them.  Every step is also a TAP point, so a broken demo fails.
+#
+# $1: the directory holding the project's binaries (kvmreg-fixture, kvmtop).
+echo "TAP version 13"
+echo "1..7"
+
+bin=$1
+n=0
+ok() { n=$((n + 1)); echo "ok $n $*"; }
+not_ok() { n=$((n + 1)); echo "not ok $n $*"; }
+skip() { n=$((n + 1)); echo "ok $n $1 # SKIP $2"; }
+# show COMMAND...: prints the command as typed, then runs it.
+show() { echo; echo "\$ $*"; "$@"; }
+wait_for() {
+	tries=$(($1 * 10))
+	shift
+	while ! "$@"; do
+		tries=$((tries - 1))
+		[ "$tries" -gt 0 ] || return 1
+		sleep 0.1
+	done
+}
+
+work=/tmp/demo
+mkdir -p "$work/symbols"
+cleanup() { kill -9 $fixture $qemu 2>/dev/null; }
+trap cleanup EXIT
+
+# Three guests, two vCPUs each, busy about half of the time.
+"$bin/kvmreg-fixture" --guests web,db,batch --vcpus 2 --busy 50 \
+	--out "$work/symbols" > "$work/fixture.out" &
+fixture=$!
+ready() { grep -qx ready "$work/fixture.out"; }
+if wait_for 60 ready; then
+	ok "fixture guests started"
+	sed 's/^/# /' "$work/fixture.out"
+else
+	not_ok "fixture guests started within 60 s"
+fi
+
+qemu-system-x86_64 -enable-kvm -S -name vm-from-qemu -machine q35 -m 64 \
+	-nodefaults -display none -monitor none -serial none &
+qemu=$!
+one_vm() { [ "$(ls /proc/$qemu/kvm 2>/dev/null | wc -l)" -eq 1 ]; }
+if wait_for 30 one_vm; then
+	id=$(ls /proc/$qemu/kvm)
+	show cat /proc/$qemu/kvm/$id/name
+	echo "\$ echo paused > /proc/$qemu/kvm/$id/name"
+	if echo paused > /proc/$qemu/kvm/$id/name; then
+		ok "qemu's VM renamed through /proc"
+	else
+		not_ok "qemu's VM renamed through /proc"
+	fi
+else
+	not_ok "qemu created its VM within 30 s"
+fi
+
+if show ls -l /proc/kvm && [ -L /proc/kvm/web ] && [ -L /proc/kvm/db ] &&
+	[ -L /proc/kvm/batch ] && [ -L /proc/kvm/paused ]; then
+	ok "/proc/kvm lists web, db, batch and paused"
+else
+	not_ok "/proc/kvm lists web, db, batch and paused"
+fi
+
+if show cat /proc/kvm/web/status && show cat /proc/kvm/web/vcpus; then
+	ok "status and vcpus of web"
+else
+	not_ok "status and vcpus of web"
+fi
+
+if [ -x "$bin/kvmtop" ]; then
+	if show "$bin/kvmtop" list; then
+		ok "kvmtop list"
+	else
+		not_ok "kvmtop list"
+	fi
+	if show "$bin/kvmtop" -b -n 2 -d 1; then
+		ok "kvmtop -b -n 2"
+	else
+		not_ok "kvmtop -b -n 2"
+	fi
+	if show "$bin/kvmtop" profile -g web --guestmount "$work/symbols" \
+		-b -n 1 -d 2; then
+		ok "kvmtop profile -g web"
+	else
+		not_ok "kvmtop profile -g web"
+	fi
+else
+	skip "kvmtop list" "kvmtop is not built"
+	skip "kvmtop -b -n 2" "kvmtop is not built"
+	skip "kvmtop profile -g web" "kvmtop is not built"
+fi
