@@ -161,10 +161,18 @@ fn rust_tests() -> Result<Vec<SuiteRun>> {
             .and_then(|m| m.parent()?.file_name()?.to_str())
             .unwrap_or("?");
         let name = format!("rust/{package}/{target}");
-        let mut run = simple(&name, PathBuf::from(exe), 600);
-        // One test at a time: the tests start real VMs, and the test VM
-        // has two emulated CPUs.
-        run.argv.push("--test-threads=1".into());
+        let mut run = simple(&name, PathBuf::from("/usr/bin/env"), 600);
+        run.argv.extend([
+            // In the test VM guest-mode perf samples do arrive (the smoke
+            // suite proves it), so the tests must check what needs them.
+            "KVMREG_REQUIRE_GUEST_SAMPLES=1".into(),
+            exe.into(),
+            // One test at a time: the tests start real VMs, and the test
+            // VM has two emulated CPUs. --show-output keeps what passing
+            // tests printed (measured splits, skips) in the suite's log.
+            "--test-threads=1".into(),
+            "--show-output".into(),
+        ]);
         run.libtest = true;
         runs.push(run);
     }
