@@ -36,9 +36,9 @@ pub fn read(cfg: &Config) -> Reading {
     let mut cpu = HashMap::new();
     let mut counters = HashMap::new();
     for g in &d.guests {
-        if !cpu.contains_key(&g.pid) {
+        if let std::collections::hash_map::Entry::Vacant(e) = cpu.entry(g.pid) {
             if let Read::Ok(s) = cpu::snapshot(&cfg.proc_root, g.pid) {
-                cpu.insert(g.pid, s);
+                e.insert(s);
             }
         }
         let c = if g.details_hidden {

@@ -46,6 +46,9 @@ pub struct ProfileFrame {
     pub notes: Vec<String>,
 }
 
+/// A function: its symbol and module.
+type FuncKey = (String, Option<String>);
+
 /// Per-function sample counts with the hottest address of each.
 #[derive(Default)]
 pub struct Tally {
@@ -53,7 +56,7 @@ pub struct Tally {
     pub guest_user: u64,
     pub host: u64,
     /// (symbol, module) -> (samples, per source line samples)
-    funcs: HashMap<(String, Option<String>), (u64, HashMap<String, u64>)>,
+    funcs: HashMap<FuncKey, (u64, HashMap<String, u64>)>,
 }
 
 impl Tally {

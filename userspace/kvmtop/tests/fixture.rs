@@ -84,9 +84,7 @@ fn guests_are_picked_by_pid_and_wrong_choices_exit_2() {
     }
     let fx = Fixture::start(&["pica", "picb"], 50);
     let pid = fx.lines[1].pid.to_string();
-    let o = run(&[
-        "profile", "-g", &pid, "-b", "-n", "1", "-d", "1", "--json",
-    ]);
+    let o = run(&["profile", "-g", &pid, "-b", "-n", "1", "-d", "1", "--json"]);
     let err = String::from_utf8_lossy(&o.stderr);
     if err.contains("cannot sample") {
         eprintln!("NOT CHECKED: perf sampling refused here: {err}");
