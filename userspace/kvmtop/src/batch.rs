@@ -1,0 +1,32 @@
+//! `kvmtop -b`: the overview as text or JSON frames, like `top -b`.
+
+use crate::cli::BatchArgs;
+use crate::frame;
+use crate::out::emit;
+use crate::render;
+use crate::sampling::HeaderSampler;
+use kvmreg::Config;
+
+pub fn run(cfg: &Config, args: &BatchArgs) -> anyhow::Result<()> {
+    let delay = args.delay()?;
+    let n = args.iterations.unwrap_or(1);
+    let mut sampler = HeaderSampler::new();
+    let mut prev = frame::read(cfg);
+    sampler.follow(&prev.guests);
+    for _ in 0..n {
+        std::thread::sleep(delay);
+        let cur = frame::read(cfg);
+        let f = frame::frame(&prev, &cur, sampler.take());
+        let text = if args.json {
+            format!("{}\n", serde_json::to_string(&f)?)
+        } else {
+            format!("{}\n", render::frame_text(&f))
+        };
+        if !emit(&text)? {
+            return Ok(());
+        }
+        sampler.follow(&cur.guests);
+        prev = cur;
+    }
+    Ok(())
+}

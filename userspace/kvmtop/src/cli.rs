@@ -1,0 +1,197 @@
+//! The command line: every subcommand and option, in one clap definition
+//! that the man page and the shell completions are generated from.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const EXAMPLES: &str = "\
+Examples:
+  kvmtop                          live view of every guest (q quits, ? helps)
+  kvmtop list                     the guests: name, id, pid, uid, vCPUs, memory, age
+  kvmtop list --json              the same for scripts
+  kvmtop -b -n 3 -d 1             three text frames, one per second, like top -b
+  kvmtop -b -n 1 --json           one JSON frame
+  kvmtop stat -g web -b -n 5      one guest's KVM stats as rates
+  kvmtop profile -g web --guestmount /srv/guest-syms
+  kvmtop name 1234 web            rename a guest (registry kernel)
+  kvmtop serve --listen 127.0.0.1:9469
+";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvmtop",
+    version,
+    about = "A top-like view of the KVM guests of this host",
+    long_about = "A top-like view of the KVM guests of this host: CPU split (guest, host \
+system, host user), exits/s, memory, and per-guest profiles of the guest kernel. \
+It reads only the kernel (/proc, debugfs, perf), never the VMM, so a hung VMM \
+cannot hang it.",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    #[command(flatten)]
+    pub roots: Roots,
+}
+
+/// Where kvmtop looks; hidden, for tests on fake trees.
+#[derive(Args, Debug, Clone)]
+pub struct Roots {
+    /// The proc file system to read (tests point it at a fake tree).
+    #[arg(long, global = true, hide = true, default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// Where debugfs is mounted.
+    #[arg(long, global = true, hide = true, default_value = "/sys/kernel/debug")]
+    pub debugfs_root: PathBuf,
+}
+
+/// `top`-like batch options, shared by the overview, `stat` and `profile`.
+#[derive(Args, Debug, Clone)]
+pub struct BatchArgs {
+    /// Batch mode: print frames to stdout instead of the full-screen view.
+    #[arg(short = 'b', long = "batch")]
+    pub batch: bool,
+    /// Number of frames (batch mode; default 1). Live mode runs until `q`.
+    #[arg(short = 'n', long = "iterations", value_name = "N")]
+    pub iterations: Option<u64>,
+    /// Seconds between frames (fractions allowed).
+    #[arg(
+        short = 'd',
+        long = "delay",
+        value_name = "SECS",
+        default_value_t = 1.0
+    )]
+    pub delay: f64,
+    /// One JSON object per frame (batch mode), one per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the guests: name, id, pid, uid, vCPUs, memory, age, and where the facts came from.
+    List {
+        /// A JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One guest's KVM binary stats as rates per second (like kvm_stat for one guest).
+    Stat {
+        #[command(flatten)]
+        guest: GuestArg,
+        #[command(flatten)]
+        batch: BatchArgs,
+    },
+    /// Hottest guest-kernel functions of one guest (perf kvm top for one guest).
+    Profile {
+        #[command(flatten)]
+        guest: GuestArg,
+        #[command(flatten)]
+        syms: SymbolArgs,
+        #[command(flatten)]
+        batch: BatchArgs,
+        /// How many functions to show.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// Rename a guest (writes /proc/<pid>/kvm/<id>/name; needs the registry kernel).
+    Name {
+        /// The guest: its name, id or owner pid.
+        guest: String,
+        /// The new name: 1 to 63 of [A-Za-z0-9._+:@-], not starting with '.' or '-'.
+        new_name: String,
+    },
+    /// Serve per-guest metrics in the OpenMetrics / Prometheus text format.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:9469 or [::]:9469.
+        #[arg(long, default_value = "127.0.0.1:9469")]
+        listen: String,
+        /// Stop after answering this many requests (for tests).
+        #[arg(long, hide = true)]
+        max_requests: Option<u64>,
+    },
+    /// Write the man page (roff) to stdout.
+    #[command(hide = true)]
+    Man,
+    /// Write shell completions to stdout.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Which guest: with one guest running, none is needed.
+#[derive(Args, Debug, Clone)]
+pub struct GuestArg {
+    /// The guest: its name, id or owner pid (optional with one guest).
+    #[arg(short = 'g', long = "guest", value_name = "GUEST")]
+    pub guest: Option<String>,
+}
+
+/// Guest symbol sources, as `perf kvm` takes them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SymbolArgs {
+    /// The guest's /proc/kallsyms (a copy).
+    #[arg(long, value_name = "FILE")]
+    pub guestkallsyms: Option<PathBuf>,
+    /// The guest's /proc/modules (a copy).
+    #[arg(long, value_name = "FILE")]
+    pub guestmodules: Option<PathBuf>,
+    /// The guest kernel's vmlinux (ELF symbols, DWARF lines).
+    #[arg(long, value_name = "FILE")]
+    pub guestvmlinux: Option<PathBuf>,
+    /// A directory with one subdirectory per guest name (or pid) holding
+    /// kallsyms, modules, vmlinux and build-id.
+    #[arg(long, value_name = "DIR")]
+    pub guestmount: Option<PathBuf>,
+}
+
+impl BatchArgs {
+    /// The delay, checked: clap accepts any float.
+    pub fn delay(&self) -> anyhow::Result<std::time::Duration> {
+        if !(self.delay.is_finite() && self.delay > 0.0 && self.delay <= 86400.0) {
+            anyhow::bail!(
+                "-d {} is not a usable delay: pass seconds between 0 and 86400, e.g. -d 0.5",
+                self.delay
+            );
+        }
+        Ok(std::time::Duration::from_secs_f64(self.delay))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn batch_flags_parse_like_top() {
+        let c = Cli::try_parse_from(["kvmtop", "-b", "-n", "2", "-d", "0.5", "--json"]).unwrap();
+        assert!(c.batch.batch && c.batch.json);
+        assert_eq!(c.batch.iterations, Some(2));
+        assert_eq!(c.batch.delay().unwrap().as_millis(), 500);
+        let bad = Cli::try_parse_from(["kvmtop", "-d", "-1"]);
+        assert!(bad.is_err() || bad.unwrap().batch.delay().is_err());
+    }
+
+    #[test]
+    fn subcommands_take_a_guest() {
+        let c = Cli::try_parse_from(["kvmtop", "stat", "-g", "web", "-b"]).unwrap();
+        match c.command {
+            Some(Command::Stat { guest, batch }) => {
+                assert_eq!(guest.guest.as_deref(), Some("web"));
+                assert!(batch.batch);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! One refresh: read every guest's facts, CPU times and KVM counters, and
+//! turn two readings into the rates that every view shows.
+//!
+//! Everything comes from the kernel (`/proc`, debugfs); nothing here talks
+//! to a VMM, so a stopped or hung VMM cannot stall a refresh.
+
+use crate::host::{self, HostSplit, HostTimes};
+use kvmreg::cpu::{self, CpuRates, CpuSnapshot};
+use kvmreg::discover::{BackendState, Counters};
+use kvmreg::procfs::Read;
+use kvmreg::{Config, Guest, Source};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Instant, SystemTime};
+
+/// What identifies one VM across two readings.
+pub type GuestKey = (u32, Option<u64>, Option<i32>);
+
+pub fn key(g: &Guest) -> GuestKey {
+    (g.pid, g.id, g.vm_fd)
+}
+
+/// One reading of everything.
+pub struct Reading {
+    pub at: Instant,
+    pub guests: Vec<Guest>,
+    pub backends: Vec<(Source, BackendState)>,
+    pub cpu: HashMap<u32, CpuSnapshot>,
+    pub counters: HashMap<GuestKey, Result<Counters, String>>,
+    pub host: Option<HostTimes>,
+}
+
+/// Read everything once.
+pub fn read(cfg: &Config) -> Reading {
+    let d = kvmreg::discover_with(cfg);
+    let mut cpu = HashMap::new();
+    let mut counters = HashMap::new();
+    for g in &d.guests {
+        if let std::collections::hash_map::Entry::Vacant(e) = cpu.entry(g.pid) {
+            if let Read::Ok(s) = cpu::snapshot(&cfg.proc_root, g.pid) {
+                e.insert(s);
+            }
+        }
+        let c = if g.details_hidden {
+            Err("hidden: no ptrace rights over the VMM".to_string())
+        } else {
+            kvmreg::guest_counters(cfg, g).map_err(|e| e.to_string())
+        };
+        counters.insert(key(g), c);
+    }
+    let host = cfg
+        .proc_root
+        .read_string("stat")
+        .ok()
+        .and_then(|t| host::parse_stat(&t));
+    Reading {
+        at: Instant::now(),
+        guests: d.guests,
+        backends: d.backends,
+        cpu,
+        counters,
+        host,
+    }
+}
+
+/// One guest's line in a frame.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub name: Option<String>,
+    /// False for an unverified qemu `-name` hint.
+    pub name_verified: bool,
+    pub id: Option<u64>,
+    pub pid: u32,
+    pub vcpus: usize,
+    /// CPU in percent of one host CPU (can pass 100 with several vCPUs),
+    /// `None` when the threads could not be read.
+    pub cpu_pct: Option<f64>,
+    pub guest_pct: Option<f64>,
+    pub host_system_pct: Option<f64>,
+    pub host_user_pct: Option<f64>,
+    /// Which threads the CPU columns sum: `process` or `vcpu-threads`
+    /// (when one process runs several VMs).
+    pub cpu_scope: &'static str,
+    pub exits_per_s: Option<f64>,
+    /// Successful / attempted halt polls over the interval.
+    pub halt_poll_ratio: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    /// Where the KVM counters came from (`null` when unreadable).
+    pub stats_source: Option<Source>,
+    /// Why the KVM counters could not be read.
+    pub stats_error: Option<String>,
+    #[serde(skip)]
+    pub guest: Guest,
+}
+
+impl Row {
+    /// The label the views show: the name (a hint marked `?`), else `pid N`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) if self.name_verified => n.clone(),
+            Some(n) => format!("{n}?"),
+            None => format!("pid{}", self.pid),
+        }
+    }
+}
+
+/// Rates of one counter set over an interval, by counter name.
+pub fn counter_rates(
+    a: &BTreeMap<String, u64>,
+    b: &BTreeMap<String, u64>,
+    secs: f64,
+) -> BTreeMap<String, f64> {
+    if secs <= 0.0 {
+        return BTreeMap::new();
+    }
+    b.iter()
+        .filter_map(|(k, vb)| {
+            let va = a.get(k)?;
+            Some((k.clone(), vb.saturating_sub(*va) as f64 / secs))
+        })
+        .collect()
+}
+
+/// `halt_successful_poll / halt_attempted_poll` over the interval.
+pub fn halt_poll_ratio(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> Option<f64> {
+    let d = |k: &str| Some(b.get(k)?.saturating_sub(*a.get(k)?));
+    let ok = d("halt_successful_poll")?;
+    let tried = d("halt_attempted_poll")?;
+    (tried > 0).then(|| ok as f64 / tried as f64)
+}
+
+fn pct(r: &CpuRates) -> (f64, f64, f64, f64) {
+    (
+        100.0 * r.total(),
+        100.0 * r.guest,
+        100.0 * r.host_system,
+        100.0 * r.host_user,
+    )
+}
+
+/// One guest's row between two readings. A guest missing from `prev`
+/// (new) or whose process vanished gets no CPU figures.
+pub fn row(prev: &Reading, cur: &Reading, g: &Guest) -> Row {
+    let secs = cur.at.saturating_duration_since(prev.at).as_secs_f64();
+    let shared = cur.guests.iter().filter(|o| o.pid == g.pid).count() > 1;
+    let tids: Vec<u32> = g.vcpus.iter().filter_map(|v| v.tid).collect();
+    let rates = match (prev.cpu.get(&g.pid), cur.cpu.get(&g.pid)) {
+        (Some(a), Some(b)) if !(shared && tids.is_empty()) => Some(cpu::rates_between(
+            a,
+            b,
+            shared.then_some(tids.as_slice()),
+            secs,
+            cpu::clock_ticks_per_second(),
+        )),
+        _ => None,
+    };
+    let p = rates.as_ref().map(pct);
+    let k = key(g);
+    let counters = cur.counters.get(&k);
+    let pair = match (prev.counters.get(&k), counters) {
+        (Some(Ok(a)), Some(Ok(b))) => Some((&a.values, &b.values)),
+        _ => None,
+    };
+    let rates_c = pair.map(|(a, b)| counter_rates(a, b, secs));
+    Row {
+        name: g.name.as_ref().map(|n| n.as_str().to_string()),
+        name_verified: g.name.as_ref().is_some_and(|n| n.is_kernel()),
+        id: g.id,
+        pid: g.pid,
+        vcpus: g.vcpus.len(),
+        cpu_pct: p.map(|p| p.0),
+        guest_pct: p.map(|p| p.1),
+        host_system_pct: p.map(|p| p.2),
+        host_user_pct: p.map(|p| p.3),
+        cpu_scope: if shared { "vcpu-threads" } else { "process" },
+        exits_per_s: rates_c.as_ref().and_then(|r| r.get("exits").copied()),
+        halt_poll_ratio: pair.and_then(|(a, b)| halt_poll_ratio(a, b)),
+        memory_bytes: g.memory_bytes,
+        stats_source: match counters {
+            Some(Ok(c)) => Some(c.source),
+            _ => None,
+        },
+        stats_error: match counters {
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some(e.clone()),
+            None => Some("not read".into()),
+        },
+        guest: g.clone(),
+    }
+}
+
+/// Guest-mode sampling figures for the header.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum SamplingSummary {
+    /// Sampling runs: guest-mode samples split by guest mode.
+    Sampling {
+        guest_kernel_pct: Option<f64>,
+        guest_user_pct: Option<f64>,
+        guest_samples_per_s: f64,
+        /// All samples of the vCPU threads (guest and host mode).
+        samples_per_s: f64,
+    },
+    /// Not sampling, and why (one line).
+    Off { reason: String },
+}
+
+/// One frame: the header and the rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Frame {
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    pub interval_s: f64,
+    pub guests_total: usize,
+    pub host: Option<HostSplit>,
+    pub sampling: SamplingSummary,
+    /// Which backend gave the guest list (`proc-kvm`, `fd-scan`).
+    pub backend: String,
+    pub guests: Vec<Row>,
+}
+
+/// The backend that listed the guests.
+pub fn backend_used(backends: &[(Source, BackendState)]) -> String {
+    let used: Vec<String> = backends
+        .iter()
+        .filter(|(_, s)| *s == BackendState::Used)
+        .map(|(b, _)| b.to_string())
+        .collect();
+    if used.is_empty() {
+        "none".into()
+    } else {
+        used.join("+")
+    }
+}
+
+/// Build a frame from two readings.
+pub fn frame(prev: &Reading, cur: &Reading, sampling: SamplingSummary) -> Frame {
+    let guests: Vec<Row> = cur.guests.iter().map(|g| row(prev, cur, g)).collect();
+    Frame {
+        time: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        interval_s: cur.at.saturating_duration_since(prev.at).as_secs_f64(),
+        guests_total: guests.len(),
+        host: match (&prev.host, &cur.host) {
+            (Some(a), Some(b)) => Some(host::split(a, b)),
+            _ => None,
+        },
+        sampling,
+        backend: backend_used(&cur.backends),
+        guests,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(kv: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn counter_rates_per_second() {
+        let a = m(&[("exits", 100), ("gone", 1)]);
+        let b = m(&[("exits", 300), ("new", 5)]);
+        let r = counter_rates(&a, &b, 2.0);
+        assert_eq!(r.get("exits"), Some(&100.0));
+        assert_eq!(r.get("new"), None);
+        assert!(counter_rates(&a, &b, 0.0).is_empty());
+    }
+
+    #[test]
+    fn halt_poll_ratio_needs_attempts() {
+        let a = m(&[("halt_successful_poll", 10), ("halt_attempted_poll", 20)]);
+        let b = m(&[("halt_successful_poll", 13), ("halt_attempted_poll", 24)]);
+        assert_eq!(halt_poll_ratio(&a, &b), Some(0.75));
+        assert_eq!(halt_poll_ratio(&a, &a), None);
+        assert_eq!(halt_poll_ratio(&m(&[]), &b), None);
+    }
+
+    #[test]
+    fn backend_names_join() {
+        let b = vec![
+            (Source::ProcKvm, BackendState::Unavailable("x".into())),
+            (Source::FdScan, BackendState::Used),
+            (Source::Debugfs, BackendState::Used),
+        ];
+        assert_eq!(backend_used(&b), "fd-scan+debugfs");
+        assert_eq!(backend_used(&[]), "none");
+    }
+}

@@ -1,0 +1,305 @@
+//! `kvmtop profile`: the hottest guest-kernel functions of one guest,
+//! from `cpu-clock` samples of its vCPU threads (`perf kvm top` for one
+//! guest), with symbols from the guest's kallsyms / modules / vmlinux.
+
+use crate::cli::{BatchArgs, SymbolArgs};
+use crate::guests;
+use crate::out::emit;
+use kvmreg::perf::record::{CpuMode, Sample};
+use kvmreg::perf::{Attribution, Attributor, Sampler, SamplerConfig};
+use kvmreg::symbols::guest::{self as gsym, GuestSymbols};
+use kvmreg::symbols::Resolved;
+use kvmreg::{Config, Guest};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// One function of a profile frame.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Hot {
+    /// The symbol, or the raw guest address (`0x...`) when unresolved.
+    pub symbol: String,
+    pub module: Option<String>,
+    /// `file:line` of the function's hottest address, where DWARF has it.
+    pub source: Option<String>,
+    pub samples: u64,
+    /// Share of the guest-mode samples.
+    pub pct: f64,
+}
+
+/// One interval of a guest's profile.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProfileFrame {
+    pub guest: String,
+    pub id: Option<u64>,
+    pub pid: u32,
+    pub interval_s: f64,
+    pub guest_kernel: u64,
+    pub guest_user: u64,
+    /// Samples of the vCPU threads outside guest mode (KVM and the VMM).
+    pub host: u64,
+    pub lost: u64,
+    /// `guest-id` (the registry's sample tag) or `vcpu-thread`.
+    pub attribution: &'static str,
+    pub functions: Vec<Hot>,
+    /// Symbol loading notes and hints about few samples.
+    pub notes: Vec<String>,
+}
+
+/// A function: its symbol and module.
+type FuncKey = (String, Option<String>);
+
+/// Per-function sample counts with the hottest address of each.
+#[derive(Default)]
+pub struct Tally {
+    pub guest_kernel: u64,
+    pub guest_user: u64,
+    pub host: u64,
+    /// (symbol, module) -> (samples, per source line samples)
+    funcs: HashMap<FuncKey, (u64, HashMap<String, u64>)>,
+}
+
+impl Tally {
+    /// Count one sample already known to be this guest's (or its thread's).
+    pub fn add(&mut self, mode: CpuMode, ip: u64, resolve: impl Fn(u64) -> Option<Resolved>) {
+        match mode {
+            CpuMode::GuestKernel => self.guest_kernel += 1,
+            CpuMode::GuestUser => self.guest_user += 1,
+            _ => {
+                self.host += 1;
+                return;
+            }
+        }
+        let (sym, module, src) = match resolve(ip) {
+            Some(r) => {
+                let src = match (r.file, r.line) {
+                    (Some(f), Some(l)) => Some(format!("{f}:{l}")),
+                    (Some(f), None) => Some(f),
+                    _ => None,
+                };
+                (r.name, r.module, src)
+            }
+            None => (format!("{ip:#x}"), None, None),
+        };
+        let e = self.funcs.entry((sym, module)).or_default();
+        e.0 += 1;
+        if let Some(s) = src {
+            *e.1.entry(s).or_default() += 1;
+        }
+    }
+
+    /// The `n` hottest functions, ties by name.
+    pub fn top(&self, n: usize) -> Vec<Hot> {
+        let total = (self.guest_kernel + self.guest_user).max(1) as f64;
+        let mut v: Vec<Hot> = self
+            .funcs
+            .iter()
+            .map(|((sym, module), (count, lines))| Hot {
+                symbol: sym.clone(),
+                module: module.clone(),
+                source: lines
+                    .iter()
+                    .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                    .map(|(l, _)| l.clone()),
+                samples: *count,
+                pct: 100.0 * *count as f64 / total,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            b.samples
+                .cmp(&a.samples)
+                .then_with(|| a.symbol.cmp(&b.symbol))
+        });
+        v.truncate(n);
+        v
+    }
+}
+
+/// A running profile of one guest.
+pub struct Profiler {
+    pub guest: Guest,
+    syms: GuestSymbols,
+    sampler: Sampler,
+    attributor: Attributor,
+    since: Instant,
+    lost_before: u64,
+    pub notes: Vec<String>,
+}
+
+impl Profiler {
+    pub fn start(g: &Guest, syms: &SymbolArgs) -> anyhow::Result<Profiler> {
+        let opts = gsym::Options {
+            kallsyms: syms.guestkallsyms.clone(),
+            modules: syms.guestmodules.clone(),
+            vmlinux: syms.guestvmlinux.clone(),
+            guestmount: syms.guestmount.clone(),
+        };
+        let loaded = gsym::load(&opts, g).map_err(|e| {
+            anyhow::anyhow!(
+                "guest symbols for {}: {e} (fix or leave out that option to see raw addresses)",
+                g.label()
+            )
+        })?;
+        let mut notes = loaded.notes.clone();
+        if loaded.kallsyms.is_none() && loaded.vmlinux.is_none() {
+            notes.push("no guest symbols: pass --guestkallsyms, --guestvmlinux or --guestmount to name functions".into());
+        }
+        let sampler = Sampler::new(std::slice::from_ref(g), SamplerConfig::default())
+            .map_err(|e| anyhow::anyhow!("cannot sample guest {}: {e}", g.label()))?;
+        Ok(Profiler {
+            guest: g.clone(),
+            syms: loaded,
+            attributor: Attributor::new(std::slice::from_ref(g)),
+            sampler,
+            since: Instant::now(),
+            lost_before: 0,
+            notes,
+        })
+    }
+
+    /// Drain the samples since the last call into a frame.
+    pub fn take(&mut self, top: usize) -> ProfileFrame {
+        let mut t = Tally::default();
+        let syms = &self.syms;
+        let attributor = &self.attributor;
+        let mut keep = |s: Sample| {
+            if s.mode.is_guest() && attributor.owner(&s).is_none() {
+                return;
+            }
+            t.add(s.mode, s.ip, |ip| syms.resolve(ip));
+        };
+        self.sampler.poll(&mut keep);
+        let secs = self.since.elapsed().as_secs_f64();
+        self.since = Instant::now();
+        let lost = self.sampler.lost - self.lost_before;
+        self.lost_before = self.sampler.lost;
+        let mut notes = self.notes.clone();
+        if t.guest_kernel + t.guest_user == 0 && t.host > 0 {
+            notes.push("no guest-mode samples in this interval: without a hardware PMU (or on a kernel without guest-tagged samples) cpu-clock rarely lands in guest mode".into());
+        }
+        ProfileFrame {
+            guest: self.guest.label(),
+            id: self.guest.id,
+            pid: self.guest.pid,
+            interval_s: secs,
+            guest_kernel: t.guest_kernel,
+            guest_user: t.guest_user,
+            host: t.host,
+            lost,
+            attribution: match self.sampler.attribution {
+                Attribution::GuestId => "guest-id",
+                Attribution::VcpuThread => "vcpu-thread",
+            },
+            functions: t.top(top),
+            notes,
+        }
+    }
+}
+
+/// The text of one profile frame.
+pub fn text(f: &ProfileFrame) -> String {
+    let guest = f.guest_kernel + f.guest_user;
+    let mut s = format!(
+        "kvmtop profile - guest {} (id {}, pid {})  interval: {:.2}s  attribution: {}\n\
+         samples: {} guest ({} guest kernel, {} guest user), {} host on vCPU threads, {} lost\n\n\
+         {:>7} {:>8}  {:<32} {:<16} {}\n",
+        f.guest,
+        f.id.map_or("-".into(), |i| i.to_string()),
+        f.pid,
+        f.interval_s,
+        f.attribution,
+        guest,
+        f.guest_kernel,
+        f.guest_user,
+        f.host,
+        f.lost,
+        "%",
+        "SAMPLES",
+        "SYMBOL",
+        "MODULE",
+        "SOURCE"
+    );
+    for h in &f.functions {
+        s.push_str(&format!(
+            "{:>6.1}% {:>8}  {:<32} {:<16} {}\n",
+            h.pct,
+            h.samples,
+            crate::render::fit(&h.symbol, 32),
+            h.module.as_deref().unwrap_or("[kernel]"),
+            h.source.as_deref().unwrap_or("-")
+        ));
+    }
+    for n in &f.notes {
+        s.push_str(&format!("note: {n}\n"));
+    }
+    s
+}
+
+pub fn run(
+    cfg: &Config,
+    wanted: Option<&str>,
+    syms: &SymbolArgs,
+    args: &BatchArgs,
+    top: usize,
+) -> anyhow::Result<()> {
+    let g = guests::pick(cfg, wanted)?;
+    if !args.batch {
+        return crate::tui::run_profile(cfg, g, syms, args);
+    }
+    let delay = args.delay()?;
+    let mut p = Profiler::start(&g, syms)?;
+    for _ in 0..args.iterations.unwrap_or(1) {
+        std::thread::sleep(delay);
+        let f = p.take(top);
+        let t = if args.json {
+            format!("{}\n", serde_json::to_string(&f)?)
+        } else {
+            format!("{}\n", text(&f))
+        };
+        if !emit(&t)? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(name: &str, line: u32) -> Resolved {
+        Resolved {
+            name: name.into(),
+            offset: 0,
+            module: None,
+            file: Some("guest.S".into()),
+            line: Some(line),
+        }
+    }
+
+    #[test]
+    fn tally_ranks_functions_and_keeps_hottest_line() {
+        let mut t = Tally::default();
+        let r = |ip: u64| match ip {
+            0x1100..=0x11ff => Some(res("hot_a", if ip == 0x1101 { 7 } else { 8 })),
+            0x1200..=0x12ff => Some(res("hot_b", 20)),
+            _ => None,
+        };
+        for _ in 0..5 {
+            t.add(CpuMode::GuestKernel, 0x1101, r);
+        }
+        t.add(CpuMode::GuestKernel, 0x1102, r);
+        t.add(CpuMode::GuestKernel, 0x1200, r);
+        t.add(CpuMode::GuestUser, 0x9000, r);
+        t.add(CpuMode::HostKernel, 0xffff_ffff_8100_0000, r);
+        let top = t.top(10);
+        assert_eq!((t.guest_kernel, t.guest_user, t.host), (7, 1, 1));
+        assert_eq!(top[0].symbol, "hot_a");
+        assert_eq!(top[0].samples, 6);
+        assert_eq!(top[0].source.as_deref(), Some("guest.S:7"));
+        assert!((top[0].pct - 75.0).abs() < 1e-9);
+        assert_eq!(top[1].symbol, "0x9000");
+        assert_eq!(top[2].symbol, "hot_b");
+        assert_eq!(t.top(1).len(), 1);
+    }
+}

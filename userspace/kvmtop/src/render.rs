@@ -1,0 +1,206 @@
+//! Text for people: number formats and the overview frame as fixed-width
+//! columns that stay put from frame to frame (batch mode and the live
+//! view share them).
+
+use crate::frame::{Frame, Row, SamplingSummary};
+
+/// `1.5G`, `512M`, `64K`, `-` when unknown.
+pub fn bytes(b: Option<u64>) -> String {
+    let Some(b) = b else { return "-".into() };
+    const U: [(&str, u64); 4] = [
+        ("T", 1 << 40),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+    ];
+    for (s, n) in U {
+        if b >= n {
+            let v = b as f64 / n as f64;
+            return if v < 10.0 && b % n != 0 {
+                format!("{v:.1}{s}")
+            } else {
+                format!("{:.0}{s}", v)
+            };
+        }
+    }
+    format!("{b}B")
+}
+
+/// `3d04h`, `2h05m`, `5m03s`, `42s`.
+pub fn age(secs: Option<f64>) -> String {
+    let Some(s) = secs.filter(|s| s.is_finite() && *s >= 0.0) else {
+        return "-".into();
+    };
+    let s = s as u64;
+    let (d, h, m, sec) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{sec:02}s")
+    } else {
+        format!("{sec}s")
+    }
+}
+
+/// A number with one decimal, or `-`.
+pub fn num(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1}"))
+}
+
+/// `HH:MM:SS` (UTC) of a Unix time.
+pub fn clock(unix: f64) -> String {
+    let s = unix.max(0.0) as u64 % 86400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Cut a cell to `w` characters, marking the cut with `+`.
+pub fn fit(s: &str, w: usize) -> String {
+    if s.chars().count() <= w {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(w.saturating_sub(1)).collect();
+        t.push('+');
+        t
+    }
+}
+
+/// The overview's header lines.
+pub fn header(f: &Frame) -> Vec<String> {
+    let mut v = vec![format!(
+        "kvmtop - {} UTC  guests: {}  backend: {}  interval: {:.2}s",
+        clock(f.time),
+        f.guests_total,
+        f.backend,
+        f.interval_s
+    )];
+    v.push(match &f.host {
+        Some(h) => format!(
+            "Host CPU: {:5.1}% host kernel, {:5.1}% host user, {:5.1}% guest",
+            h.host_kernel_pct, h.host_user_pct, h.guest_pct
+        ),
+        None => "Host CPU: - (/proc/stat unreadable)".into(),
+    });
+    v.push(match &f.sampling {
+        SamplingSummary::Sampling {
+            guest_kernel_pct,
+            guest_user_pct,
+            guest_samples_per_s,
+            samples_per_s,
+        } => format!(
+            "Guest mode: {}% guest kernel, {}% guest user, {:.1} guest samples/s of {:.1} samples/s",
+            num(*guest_kernel_pct),
+            num(*guest_user_pct),
+            guest_samples_per_s,
+            samples_per_s
+        ),
+        SamplingSummary::Off { reason } => format!("Guest mode: not sampled: {reason}"),
+    });
+    v
+}
+
+/// The column titles; [`row`] pads to the same widths.
+pub fn columns() -> String {
+    format!(
+        "{:<20} {:>6} {:>8} {:>5} {:>6} {:>6} {:>6} {:>6} {:>9} {:>5} {:>7}",
+        "NAME",
+        "ID",
+        "PID",
+        "VCPUS",
+        "%CPU",
+        "%GUEST",
+        "%SYS",
+        "%USER",
+        "EXITS/s",
+        "HPOLL",
+        "MEMORY"
+    )
+}
+
+pub fn row(r: &Row) -> String {
+    format!(
+        "{:<20} {:>6} {:>8} {:>5} {:>6} {:>6} {:>6} {:>6} {:>9} {:>5} {:>7}",
+        fit(&r.label(), 20),
+        r.id.map_or("-".into(), |i| i.to_string()),
+        r.pid,
+        r.vcpus,
+        num(r.cpu_pct),
+        num(r.guest_pct),
+        num(r.host_system_pct),
+        num(r.host_user_pct),
+        num(r.exits_per_s),
+        r.halt_poll_ratio
+            .map_or("-".into(), |v| format!("{:.2}", v)),
+        bytes(r.memory_bytes),
+    )
+}
+
+/// A whole frame as text, as `kvmtop -b` prints it.
+pub fn frame_text(f: &Frame) -> String {
+    let mut out = header(f).join("\n");
+    out.push_str("\n\n");
+    out.push_str(&columns());
+    out.push('\n');
+    for r in &f.guests {
+        out.push_str(&row(r));
+        out.push('\n');
+    }
+    if f.guests
+        .iter()
+        .any(|r| r.name.is_some() && !r.name_verified)
+    {
+        out.push_str("(NAME? = qemu -name hint from the command line, unverified)\n");
+    }
+    if f.guests.is_empty() {
+        out.push_str("(no KVM guests visible to this user)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(bytes(None), "-");
+        assert_eq!(bytes(Some(1024 * 1024)), "1M");
+        assert_eq!(bytes(Some(1536 * 1024 * 1024)), "1.5G");
+        assert_eq!(bytes(Some(500)), "500B");
+        assert_eq!(age(Some(42.9)), "42s");
+        assert_eq!(age(Some(3723.0)), "1h02m");
+        assert_eq!(age(Some(2.0 * 86400.0 + 7200.0)), "2d02h");
+        assert_eq!(age(Some(-1.0)), "-");
+        assert_eq!(clock(3661.0 + 86400.0), "01:01:01");
+        assert_eq!(fit("abcdef", 4), "abc+");
+        assert_eq!(num(None), "-");
+    }
+
+    #[test]
+    fn rows_line_up_with_columns() {
+        let g = kvmreg::Guest::new(4242);
+        let r = Row {
+            name: Some("a-very-long-guest-name-indeed".into()),
+            name_verified: false,
+            id: Some(7),
+            pid: 4242,
+            vcpus: 2,
+            cpu_pct: Some(150.0),
+            guest_pct: Some(100.0),
+            host_system_pct: Some(45.0),
+            host_user_pct: Some(5.0),
+            cpu_scope: "process",
+            exits_per_s: None,
+            halt_poll_ratio: Some(0.5),
+            memory_bytes: Some(1 << 30),
+            stats_source: None,
+            stats_error: None,
+            guest: g,
+        };
+        let line = row(&r);
+        assert_eq!(line.len(), columns().len(), "{line}\n{}", columns());
+        assert!(line.starts_with("a-very-long-guest-n+ "), "{line}");
+        assert!(line.contains(" 150.0 ") && line.contains(" 0.50 ") && line.ends_with("     1G"));
+    }
+}

@@ -1,0 +1,146 @@
+//! Guest-mode perf sampling for the overview header: one sampler over every
+//! known vCPU thread, re-opened when the set of threads changes.
+
+use crate::frame::SamplingSummary;
+use kvmreg::perf::record::CpuMode;
+use kvmreg::perf::{Sampler, SamplerConfig};
+use kvmreg::Guest;
+use std::time::Instant;
+
+pub struct HeaderSampler {
+    sampler: Option<Sampler>,
+    tids: Vec<u32>,
+    since: Instant,
+    reason: Option<String>,
+}
+
+impl Default for HeaderSampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts of one interval.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub guest_kernel: u64,
+    pub guest_user: u64,
+    pub all: u64,
+}
+
+/// The header figures from one interval's counts.
+pub fn summary(c: Counts, secs: f64) -> SamplingSummary {
+    let guest = c.guest_kernel + c.guest_user;
+    let pct = |n: u64| (guest > 0).then(|| 100.0 * n as f64 / guest as f64);
+    let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    SamplingSummary::Sampling {
+        guest_kernel_pct: pct(c.guest_kernel),
+        guest_user_pct: pct(c.guest_user),
+        guest_samples_per_s: per_s(guest),
+        samples_per_s: per_s(c.all),
+    }
+}
+
+impl HeaderSampler {
+    pub fn new() -> Self {
+        HeaderSampler {
+            sampler: None,
+            tids: Vec::new(),
+            since: Instant::now(),
+            reason: None,
+        }
+    }
+
+    /// Follow the current guest list: re-open on a change of vCPU threads.
+    pub fn follow(&mut self, guests: &[Guest]) {
+        let mut tids: Vec<u32> = guests
+            .iter()
+            .flat_map(|g| g.vcpus.iter().filter_map(|v| v.tid))
+            .collect();
+        tids.sort_unstable();
+        if tids == self.tids && (self.sampler.is_some() || self.reason.is_some()) {
+            return;
+        }
+        self.tids = tids;
+        self.sampler = None;
+        self.since = Instant::now();
+        match Sampler::new(guests, SamplerConfig::default()) {
+            Ok(s) => {
+                self.sampler = Some(s);
+                self.reason = None;
+            }
+            Err(e) => self.reason = Some(one_line(&e.to_string())),
+        }
+    }
+
+    /// Drain the samples since the last call and summarise them.
+    pub fn take(&mut self) -> SamplingSummary {
+        let secs = self.since.elapsed().as_secs_f64();
+        self.since = Instant::now();
+        let Some(s) = &mut self.sampler else {
+            return SamplingSummary::Off {
+                reason: self
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "no guests to sample".into()),
+            };
+        };
+        let mut c = Counts::default();
+        s.poll(|smp| {
+            c.all += 1;
+            match smp.mode {
+                CpuMode::GuestKernel => c.guest_kernel += 1,
+                CpuMode::GuestUser => c.guest_user += 1,
+                _ => {}
+            }
+        });
+        summary(c, secs)
+    }
+}
+
+/// The first line of an error, for a one-line header reason.
+pub fn one_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_splits_guest_samples() {
+        let s = summary(
+            Counts {
+                guest_kernel: 3,
+                guest_user: 1,
+                all: 10,
+            },
+            2.0,
+        );
+        assert_eq!(
+            s,
+            SamplingSummary::Sampling {
+                guest_kernel_pct: Some(75.0),
+                guest_user_pct: Some(25.0),
+                guest_samples_per_s: 2.0,
+                samples_per_s: 5.0
+            }
+        );
+        match summary(Counts::default(), 1.0) {
+            SamplingSummary::Sampling {
+                guest_kernel_pct, ..
+            } => assert_eq!(guest_kernel_pct, None),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn without_guests_sampling_is_off_with_a_reason() {
+        let mut h = HeaderSampler::new();
+        h.follow(&[]);
+        match h.take() {
+            SamplingSummary::Off { reason } => assert!(reason.contains("vCPU threads"), "{reason}"),
+            o => panic!("{o:?}"),
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! The live full-screen view (ratatui + crossterm): the overview, one row
+//! per guest, and a guest's profile after Enter.
+//!
+//! State and key handling ([`App`]) and drawing ([`draw`]) are free of the
+//! terminal, so tests render into ratatui's `TestBackend` and read the text.
+
+use crate::cli::{BatchArgs, SymbolArgs};
+use crate::frame::{self, Frame as KFrame, Row, SamplingSummary};
+use crate::profile::{self, ProfileFrame, Profiler};
+use crate::render;
+use crate::sampling::HeaderSampler;
+use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use kvmreg::{Config, Guest};
+use ratatui::layout::Rect;
+use ratatui::style::{Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Borders, Clear, Paragraph};
+use std::time::{Duration, Instant};
+
+/// Sort orders, cycled with `s` or picked with their own key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    Cpu,
+    Name,
+    Pid,
+    Exits,
+    Memory,
+}
+
+impl Sort {
+    fn next(self) -> Sort {
+        match self {
+            Sort::Cpu => Sort::Name,
+            Sort::Name => Sort::Pid,
+            Sort::Pid => Sort::Exits,
+            Sort::Exits => Sort::Memory,
+            Sort::Memory => Sort::Cpu,
+        }
+    }
+    fn title(self) -> &'static str {
+        match self {
+            Sort::Cpu => "%CPU",
+            Sort::Name => "NAME",
+            Sort::Pid => "PID",
+            Sort::Exits => "EXITS/s",
+            Sort::Memory => "MEMORY",
+        }
+    }
+}
+
+/// What a key asks the loop to do.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    None,
+    Quit,
+    OpenProfile(Box<Guest>),
+    CloseProfile,
+}
+
+/// The profile screen's state.
+pub struct ProfileScreen {
+    pub label: String,
+    pub frame: Option<ProfileFrame>,
+    pub error: Option<String>,
+}
+
+pub struct App {
+    pub frame: Option<KFrame>,
+    pub sort: Sort,
+    pub reverse: bool,
+    pub filter: String,
+    pub editing_filter: bool,
+    pub help: bool,
+    pub selected: usize,
+    pub profile: Option<ProfileScreen>,
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const HELP: &[&str] = &[
+    "kvmtop keys",
+    "",
+    "  q          quit (in a profile: back to the overview)",
+    "  ?  h       this help (any key closes it)",
+    "  Up Down    select a guest",
+    "  Enter      profile the selected guest",
+    "  Esc        back / clear the filter",
+    "  s          next sort column",
+    "  P N I X M  sort by %CPU, name, pid, exits/s, memory",
+    "  r          reverse the sort",
+    "  /          filter by name, pid or id (Enter ends input)",
+];
+
+impl App {
+    pub fn new() -> Self {
+        App {
+            frame: None,
+            sort: Sort::Cpu,
+            reverse: false,
+            filter: String::new(),
+            editing_filter: false,
+            help: false,
+            selected: 0,
+            profile: None,
+        }
+    }
+
+    /// The rows after filter and sort.
+    pub fn rows(&self) -> Vec<&Row> {
+        let Some(f) = &self.frame else {
+            return Vec::new();
+        };
+        let needle = self.filter.to_lowercase();
+        let mut v: Vec<&Row> = f
+            .guests
+            .iter()
+            .filter(|r| {
+                needle.is_empty()
+                    || r.label().to_lowercase().contains(&needle)
+                    || r.pid.to_string() == needle
+                    || r.id.is_some_and(|i| i.to_string() == needle)
+            })
+            .collect();
+        let num = |x: Option<f64>| x.unwrap_or(-1.0);
+        v.sort_by(|a, b| {
+            let o = match self.sort {
+                Sort::Cpu => num(b.cpu_pct).total_cmp(&num(a.cpu_pct)),
+                Sort::Exits => num(b.exits_per_s).total_cmp(&num(a.exits_per_s)),
+                Sort::Memory => b.memory_bytes.cmp(&a.memory_bytes),
+                Sort::Name => a.label().cmp(&b.label()),
+                Sort::Pid => a.pid.cmp(&b.pid),
+            };
+            let o = o.then(a.pid.cmp(&b.pid)).then(a.id.cmp(&b.id));
+            if self.reverse {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+        v
+    }
+
+    pub fn set_frame(&mut self, f: KFrame) {
+        self.frame = Some(f);
+        let n = self.rows().len();
+        self.selected = self.selected.min(n.saturating_sub(1));
+    }
+
+    pub fn key(&mut self, k: KeyEvent) -> Action {
+        if k.kind == KeyEventKind::Release {
+            return Action::None;
+        }
+        if k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL) {
+            return Action::Quit;
+        }
+        if self.help {
+            self.help = false;
+            return Action::None;
+        }
+        if self.editing_filter {
+            match k.code {
+                KeyCode::Enter => self.editing_filter = false,
+                KeyCode::Esc => {
+                    self.editing_filter = false;
+                    self.filter.clear();
+                }
+                KeyCode::Backspace => {
+                    self.filter.pop();
+                }
+                KeyCode::Char(c) => self.filter.push(c),
+                _ => {}
+            }
+            self.selected = 0;
+            return Action::None;
+        }
+        if self.profile.is_some() {
+            return match k.code {
+                KeyCode::Char('q') | KeyCode::Esc | KeyCode::Backspace => {
+                    self.profile = None;
+                    Action::CloseProfile
+                }
+                KeyCode::Char('?') | KeyCode::Char('h') => {
+                    self.help = true;
+                    Action::None
+                }
+                _ => Action::None,
+            };
+        }
+        match k.code {
+            KeyCode::Char('q') => return Action::Quit,
+            KeyCode::Char('?') | KeyCode::Char('h') => self.help = true,
+            KeyCode::Char('s') => self.sort = self.sort.next(),
+            KeyCode::Char('P') => self.sort = Sort::Cpu,
+            KeyCode::Char('N') => self.sort = Sort::Name,
+            KeyCode::Char('I') => self.sort = Sort::Pid,
+            KeyCode::Char('X') => self.sort = Sort::Exits,
+            KeyCode::Char('M') => self.sort = Sort::Memory,
+            KeyCode::Char('r') => self.reverse = !self.reverse,
+            KeyCode::Char('/') => {
+                self.editing_filter = true;
+                self.filter.clear();
+            }
+            KeyCode::Esc => self.filter.clear(),
+            KeyCode::Up => self.selected = self.selected.saturating_sub(1),
+            KeyCode::Down => {
+                let n = self.rows().len();
+                self.selected = (self.selected + 1).min(n.saturating_sub(1));
+            }
+            KeyCode::Enter => {
+                if let Some(r) = self.rows().get(self.selected) {
+                    let g = r.guest.clone();
+                    self.profile = Some(ProfileScreen {
+                        label: r.label(),
+                        frame: None,
+                        error: None,
+                    });
+                    return Action::OpenProfile(Box::new(g));
+                }
+            }
+            _ => {}
+        }
+        Action::None
+    }
+}
+
+fn overview_lines(app: &App) -> Vec<Line<'static>> {
+    let mut lines: Vec<Line> = Vec::new();
+    match &app.frame {
+        Some(f) => lines.extend(render::header(f).into_iter().map(Line::from)),
+        None => lines.push(Line::from("kvmtop - reading the guests...")),
+    }
+    let status = if app.editing_filter {
+        format!("filter: {}_", app.filter)
+    } else {
+        format!(
+            "sort: {}{}{}   ? help  q quit  Enter profile",
+            app.sort.title(),
+            if app.reverse { " (reversed)" } else { "" },
+            if app.filter.is_empty() {
+                String::new()
+            } else {
+                format!("   filter: {}", app.filter)
+            }
+        )
+    };
+    lines.push(Line::from(status));
+    lines.push(Line::styled(
+        render::columns(),
+        Style::default().add_modifier(Modifier::REVERSED),
+    ));
+    let rows = app.rows();
+    for (i, r) in rows.iter().enumerate() {
+        let l = render::row(r);
+        lines.push(if i == app.selected {
+            Line::styled(
+                l,
+                Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
+            )
+        } else {
+            Line::from(l)
+        });
+    }
+    if app.frame.is_some() && rows.is_empty() {
+        lines.push(Line::from(if app.filter.is_empty() {
+            "(no KVM guests visible to this user)".to_string()
+        } else {
+            format!("(no guest matches '{}')", app.filter)
+        }));
+    }
+    lines
+}
+
+fn profile_lines(p: &ProfileScreen) -> Vec<Line<'static>> {
+    let mut v: Vec<Line> = Vec::new();
+    if let Some(e) = &p.error {
+        v.push(Line::from(format!("kvmtop profile - guest {}", p.label)));
+        v.push(Line::from(""));
+        v.push(Line::from(format!("cannot profile: {e}")));
+    } else if let Some(f) = &p.frame {
+        v.extend(profile::text(f).lines().map(|l| Line::from(l.to_string())));
+    } else {
+        v.push(Line::from(format!(
+            "kvmtop profile - guest {}: sampling...",
+            p.label
+        )));
+    }
+    v.push(Line::from(""));
+    v.push(Line::from("q/Esc back   ? help"));
+    v
+}
+
+/// Draw the whole screen.
+pub fn draw(f: &mut ratatui::Frame, app: &App) {
+    let area = f.area();
+    let lines = match &app.profile {
+        Some(p) => profile_lines(p),
+        None => overview_lines(app),
+    };
+    f.render_widget(Paragraph::new(lines), area);
+    if app.help {
+        let w = (HELP.iter().map(|l| l.len()).max().unwrap_or(0) as u16 + 4).min(area.width);
+        let h = (HELP.len() as u16 + 2).min(area.height);
+        let r = Rect {
+            x: area.x + (area.width - w) / 2,
+            y: area.y + (area.height - h) / 2,
+            width: w,
+            height: h,
+        };
+        f.render_widget(Clear, r);
+        f.render_widget(
+            Paragraph::new(HELP.iter().map(|l| Line::from(*l)).collect::<Vec<_>>())
+                .block(Block::default().borders(Borders::ALL).title(" help ")),
+            r,
+        );
+    }
+}
+
+/// Restores the terminal however the view ends.
+struct TermGuard;
+
+impl TermGuard {
+    fn enter() -> anyhow::Result<TermGuard> {
+        crossterm::terminal::enable_raw_mode().map_err(|e| {
+            anyhow::anyhow!(
+                "the live view needs a terminal ({e}); for scripts use batch mode: kvmtop -b"
+            )
+        })?;
+        let g = TermGuard;
+        crossterm::execute!(std::io::stdout(), crossterm::terminal::EnterAlternateScreen)?;
+        Ok(g)
+    }
+}
+
+impl Drop for TermGuard {
+    fn drop(&mut self) {
+        let _ = crossterm::execute!(std::io::stdout(), crossterm::terminal::LeaveAlternateScreen);
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
+
+type Term = ratatui::Terminal<ratatui::backend::CrosstermBackend<std::io::Stdout>>;
+
+fn terminal() -> anyhow::Result<(TermGuard, Term)> {
+    let g = TermGuard::enter()?;
+    let mut t = ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))?;
+    t.clear()?;
+    Ok((g, t))
+}
+
+/// Wait for keys until `deadline`; `Some(action)` when one needs the loop.
+fn keys_until(app: &mut App, term: &mut Term, deadline: Instant) -> anyhow::Result<Action> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Action::None);
+        }
+        if event::poll(left)? {
+            match event::read()? {
+                Event::Key(k) => {
+                    let a = app.key(k);
+                    term.draw(|f| draw(f, app))?;
+                    if a != Action::None {
+                        return Ok(a);
+                    }
+                }
+                Event::Resize(..) => {
+                    term.autoresize()?;
+                    term.draw(|f| draw(f, app))?;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn start_profile(app: &mut App, g: &Guest, syms: &SymbolArgs) -> Option<Profiler> {
+    match Profiler::start(g, syms) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            if let Some(s) = &mut app.profile {
+                s.error = Some(e.to_string());
+            }
+            None
+        }
+    }
+}
+
+/// The live overview.
+pub fn run(cfg: &Config, args: &BatchArgs) -> anyhow::Result<()> {
+    let delay = args.delay()?;
+    let (_guard, mut term) = terminal()?;
+    let mut app = App::new();
+    let mut sampler = HeaderSampler::new();
+    let mut prev = frame::read(cfg);
+    sampler.follow(&prev.guests);
+    let mut profiler: Option<Profiler> = None;
+    let syms = SymbolArgs::default();
+    term.draw(|f| draw(f, &app))?;
+    let mut frames = 0u64;
+    let mut next = Instant::now() + Duration::from_millis(300).min(delay);
+    loop {
+        match keys_until(&mut app, &mut term, next)? {
+            Action::Quit => return Ok(()),
+            Action::OpenProfile(g) => {
+                profiler = start_profile(&mut app, &g, &syms);
+                term.draw(|f| draw(f, &app))?;
+                continue;
+            }
+            Action::CloseProfile => {
+                profiler = None;
+                term.draw(|f| draw(f, &app))?;
+                continue;
+            }
+            Action::None => {}
+        }
+        let cur = frame::read(cfg);
+        let s = if profiler.is_some() {
+            SamplingSummary::Off {
+                reason: "paused while a profile is open".into(),
+            }
+        } else {
+            sampler.take()
+        };
+        app.set_frame(frame::frame(&prev, &cur, s));
+        if let (Some(p), Some(screen)) = (&mut profiler, &mut app.profile) {
+            screen.frame = Some(p.take(40));
+        }
+        if profiler.is_none() {
+            sampler.follow(&cur.guests);
+        }
+        prev = cur;
+        term.draw(|f| draw(f, &app))?;
+        frames += 1;
+        if args.iterations.is_some_and(|n| frames >= n) {
+            return Ok(());
+        }
+        next = Instant::now() + delay;
+    }
+}
+
+/// `kvmtop profile` without `-b`: the live profile of one guest.
+pub fn run_profile(
+    cfg: &Config,
+    g: Guest,
+    syms: &SymbolArgs,
+    args: &BatchArgs,
+) -> anyhow::Result<()> {
+    let _ = cfg;
+    let delay = args.delay()?;
+    let mut p = Profiler::start(&g, syms)?;
+    let (_guard, mut term) = terminal()?;
+    let mut app = App::new();
+    app.profile = Some(ProfileScreen {
+        label: g.label(),
+        frame: None,
+        error: None,
+    });
+    term.draw(|f| draw(f, &app))?;
+    let mut frames = 0u64;
+    loop {
+        match keys_until(&mut app, &mut term, Instant::now() + delay)? {
+            Action::Quit | Action::CloseProfile => return Ok(()),
+            _ => {}
+        }
+        if let Some(s) = &mut app.profile {
+            s.frame = Some(p.take(40));
+        }
+        term.draw(|f| draw(f, &app))?;
+        frames += 1;
+        if args.iterations.is_some_and(|n| frames >= n) {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::HostSplit;
+    use kvmreg::GuestName;
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    fn row(name: &str, pid: u32, cpu: f64) -> Row {
+        let mut g = Guest::new(pid);
+        g.name = Some(GuestName::Kernel(name.into()));
+        Row {
+            name: Some(name.into()),
+            name_verified: true,
+            id: Some(u64::from(pid) - 100),
+            pid,
+            vcpus: 2,
+            cpu_pct: Some(cpu),
+            guest_pct: Some(cpu / 2.0),
+            host_system_pct: Some(cpu / 2.0),
+            host_user_pct: Some(0.0),
+            cpu_scope: "process",
+            exits_per_s: None,
+            halt_poll_ratio: None,
+            memory_bytes: Some(64 << 20),
+            stats_source: None,
+            stats_error: None,
+            guest: g,
+        }
+    }
+
+    fn frame_of(rows: Vec<Row>) -> KFrame {
+        KFrame {
+            time: 3600.0,
+            interval_s: 1.0,
+            guests_total: rows.len(),
+            host: Some(HostSplit {
+                host_kernel_pct: 10.0,
+                host_user_pct: 2.0,
+                guest_pct: 0.0,
+            }),
+            sampling: SamplingSummary::Off {
+                reason: "test".into(),
+            },
+            backend: "fd-scan".into(),
+            guests: rows,
+        }
+    }
+
+    fn screen(app: &App, w: u16, h: u16) -> Vec<String> {
+        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+        t.draw(|f| draw(f, app)).unwrap();
+        let b = t.backend().buffer();
+        (0..h)
+            .map(|y| {
+                (0..w)
+                    .map(|x| b[(x, y)].symbol())
+                    .collect::<String>()
+                    .trim_end()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn press(app: &mut App, c: KeyCode) -> Action {
+        app.key(KeyEvent::new(c, KeyModifiers::NONE))
+    }
+
+    #[test]
+    fn overview_shows_header_columns_and_rows_sorted_by_cpu() {
+        let mut app = App::new();
+        app.set_frame(frame_of(vec![row("db", 201, 20.0), row("web", 202, 80.0)]));
+        let s = screen(&app, 110, 12);
+        assert_eq!(
+            s[0],
+            "kvmtop - 01:00:00 UTC  guests: 2  backend: fd-scan  interval: 1.00s"
+        );
+        assert!(
+            s[1].starts_with("Host CPU:  10.0% host kernel,   2.0% host user"),
+            "{}",
+            s[1]
+        );
+        assert_eq!(s[2], "Guest mode: not sampled: test");
+        assert!(s[3].starts_with("sort: %CPU"), "{}", s[3]);
+        assert!(s[4].starts_with("NAME") && s[4].contains("%GUEST") && s[4].contains("EXITS/s"));
+        assert!(
+            s[5].starts_with("web ") && s[5].contains(" 80.0 "),
+            "{}",
+            s[5]
+        );
+        assert!(
+            s[6].starts_with("db ") && s[6].contains(" 20.0 "),
+            "{}",
+            s[6]
+        );
+    }
+
+    #[test]
+    fn keys_sort_filter_help_and_quit() {
+        let mut app = App::new();
+        app.set_frame(frame_of(vec![row("db", 201, 20.0), row("web", 202, 80.0)]));
+        press(&mut app, KeyCode::Char('N'));
+        assert_eq!(app.rows()[0].label(), "db");
+        press(&mut app, KeyCode::Char('r'));
+        assert_eq!(app.rows()[0].label(), "web");
+        press(&mut app, KeyCode::Char('/'));
+        for c in "db".chars() {
+            press(&mut app, KeyCode::Char(c));
+        }
+        press(&mut app, KeyCode::Enter);
+        let s = screen(&app, 110, 10);
+        assert!(s.iter().any(|l| l.starts_with("db ")));
+        assert!(!s.iter().any(|l| l.starts_with("web ")), "{s:#?}");
+        assert!(s[3].contains("filter: db"));
+        press(&mut app, KeyCode::Char('?'));
+        let s = screen(&app, 110, 20);
+        assert!(s.iter().any(|l| l.contains("kvmtop keys")), "{s:#?}");
+        press(&mut app, KeyCode::Char('x'));
+        assert!(!app.help);
+        assert_eq!(press(&mut app, KeyCode::Char('q')), Action::Quit);
+    }
+
+    #[test]
+    fn enter_opens_the_selected_guests_profile_and_q_returns() {
+        let mut app = App::new();
+        app.set_frame(frame_of(vec![row("db", 201, 20.0), row("web", 202, 80.0)]));
+        press(&mut app, KeyCode::Down);
+        match press(&mut app, KeyCode::Enter) {
+            Action::OpenProfile(g) => assert_eq!(g.pid, 201),
+            a => panic!("{a:?}"),
+        }
+        app.profile.as_mut().unwrap().error = Some("no vCPU threads".into());
+        let s = screen(&app, 80, 8);
+        assert_eq!(s[0], "kvmtop profile - guest db");
+        assert_eq!(s[2], "cannot profile: no vCPU threads");
+        assert_eq!(press(&mut app, KeyCode::Char('q')), Action::CloseProfile);
+        assert!(screen(&app, 80, 8)[0].starts_with("kvmtop - "));
+    }
+
+    #[test]
+    fn small_terminals_and_vanished_guests_do_not_break_drawing() {
+        let mut app = App::new();
+        app.set_frame(frame_of(vec![row("db", 201, 20.0), row("web", 202, 80.0)]));
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Char('?'));
+        let _ = screen(&app, 10, 3);
+        press(&mut app, KeyCode::Esc);
+        app.set_frame(frame_of(vec![]));
+        assert_eq!(app.selected, 0);
+        let s = screen(&app, 60, 8);
+        assert!(s.iter().any(|l| l.contains("no KVM guests")), "{s:#?}");
+    }
+}

@@ -1,0 +1,194 @@
+//! Shared helpers of the integration tests: run the real kvmtop binary,
+//! start the fixture VMM, build fake proc trees.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn kvmtop() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kvmtop"))
+}
+
+/// Run kvmtop with a deadline; `None` if it did not finish in time (it is
+/// killed then).
+pub fn run_within(args: &[&str], limit: Duration) -> Option<Output> {
+    let mut c = kvmtop()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvmtop");
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if c.try_wait().expect("wait kvmtop").is_some() {
+            return Some(c.wait_with_output().expect("kvmtop output"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    None
+}
+
+pub fn run(args: &[&str]) -> Output {
+    run_within(args, Duration::from_secs(60)).expect("kvmtop did not finish within 60 s")
+}
+
+pub fn kvm_usable(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED {test}: /dev/kvm not usable here ({e}); the feature was NOT tested");
+            false
+        }
+    }
+}
+
+/// The fixture binary beside kvmtop in the target directory, built on
+/// demand (a `cargo test -p kvmtop` does not build other packages' bins).
+fn fixture_bin() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_kvmtop"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
+    let bin = dir.join("kvmreg-fixture");
+    if !bin.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "kvmreg-fixture", "--bin", "kvmreg-fixture"])
+            .status()
+            .expect("cargo build kvmreg-fixture");
+        assert!(st.success(), "building kvmreg-fixture failed");
+    }
+    bin
+}
+
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub name: String,
+    pub id: Option<u64>,
+    pub pid: u32,
+    pub named: bool,
+    pub tids: Vec<u32>,
+}
+
+fn parse_line(l: &str) -> Line {
+    let f: Vec<&str> = l.split_whitespace().collect();
+    assert_eq!(f.len(), 12, "unexpected fixture line {l:?}");
+    Line {
+        name: f[1].to_string(),
+        id: f[3].parse().ok(),
+        pid: f[5].parse().expect("pid"),
+        named: f[9] == "yes",
+        tids: f[11].split(',').map(|t| t.parse().expect("tid")).collect(),
+    }
+}
+
+/// The fixture VMM; killed by its pid and reaped on drop (its guest
+/// processes die with it).
+pub struct Fixture {
+    pub child: Child,
+    pub lines: Vec<Line>,
+}
+
+impl Fixture {
+    /// Guests `names` (this test process' pid appended: a registry kernel
+    /// refuses duplicate names and tests run in parallel).
+    pub fn start(names: &[&str], busy: u32) -> Fixture {
+        let me = std::process::id();
+        let guests: Vec<String> = names.iter().map(|n| format!("{n}-{me}")).collect();
+        let mut child = Command::new(fixture_bin())
+            .args([
+                "--guests",
+                &guests.join(","),
+                "--vcpus",
+                "1",
+                "--busy",
+                &busy.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kvmreg-fixture");
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = Vec::new();
+        for l in BufReader::new(out).lines() {
+            let l = l.expect("fixture output");
+            if l == "ready" {
+                break;
+            }
+            lines.push(parse_line(&l));
+        }
+        assert_eq!(
+            lines.len(),
+            names.len(),
+            "fixture did not report every guest"
+        );
+        Fixture { child, lines }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("kvmtop-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    pub fn write(&self, rel: &str, data: impl AsRef<[u8]>) {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, data).expect("write");
+    }
+    pub fn symlink(&self, rel: &str, target: &str) {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(target, p).expect("symlink");
+    }
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fake /proc of a registry kernel: VM `name` id `id` owned by `pid`,
+/// with a stats file holding `exits`.
+pub fn fake_registry_vm(d: &TempDir, pid: u32, id: u64, name: &str, exits: u64) {
+    d.write(&format!("{pid}/kvm/{id}/name"), format!("{name}\n"));
+    d.write(
+        &format!("{pid}/kvm/{id}/status"),
+        format!("Name:\t{name}\nId:\t{id}\nPid:\t{pid}\nUid:\t1000\nVcpus:\t1\nMemoryKiB:\t2048\n"),
+    );
+    d.write(
+        &format!("{pid}/kvm/{id}/vcpus"),
+        format!("0 0 {}\n", pid + 1),
+    );
+    let stats = kvmreg::stats::encode(
+        &format!("kvm-{pid}"),
+        48,
+        &[("exits", 0, &[exits]), ("remote_tlb_flush", 0, &[3])],
+    );
+    d.write(&format!("{pid}/kvm/{id}/stats"), stats);
+    d.symlink(&format!("kvm/{name}"), &format!("../{pid}/kvm/{id}"));
+}

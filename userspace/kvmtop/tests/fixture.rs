@@ -1,0 +1,165 @@
+//! The real binary against real guests of the fixture VMM on this host's
+//! /dev/kvm. Without /dev/kvm each test says SKIPPED and checks nothing.
+
+mod common;
+
+use common::{kvm_usable, run, run_within, Fixture};
+use serde_json::Value;
+use std::time::Duration;
+
+fn frames(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad frame {l:?}: {e}")))
+        .collect()
+}
+
+fn row(frame: &Value, pid: u32) -> Option<&Value> {
+    frame["guests"].as_array()?.iter().find(|r| r["pid"] == pid)
+}
+
+#[test]
+fn list_json_has_the_fixture_guests() {
+    if !kvm_usable("list_json_has_the_fixture_guests") {
+        return;
+    }
+    let fx = Fixture::start(&["lista", "listb"], 20);
+    let o = run(&["list", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    for l in &fx.lines {
+        let e = v
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|e| e["pid"] == l.pid)
+            .unwrap_or_else(|| panic!("guest {} (pid {}) missing from {v:#}", l.name, l.pid));
+        let tids: Vec<u64> = l.tids.iter().map(|t| u64::from(*t)).collect();
+        assert_eq!(e["vcpu_tids"], serde_json::json!(tids), "{e:#}");
+        assert_eq!(e["vcpus"], l.tids.len());
+        if l.named {
+            assert_eq!(e["name"], l.name.as_str());
+            assert_eq!(e["name_kind"], "kernel");
+            assert_eq!(e["id"], l.id.expect("id of a named guest"));
+        } else {
+            eprintln!("NOTE: kernel without the VM registry: names not checked, only pids and vCPU threads");
+            assert_eq!(e["name"], Value::Null);
+        }
+    }
+}
+
+#[test]
+fn batch_json_frames_show_busy_guests_using_cpu() {
+    if !kvm_usable("batch_json_frames_show_busy_guests_using_cpu") {
+        return;
+    }
+    let fx = Fixture::start(&["busya", "busyb"], 50);
+    let o = run(&["-b", "-n", "2", "-d", "1", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = frames(&o.stdout);
+    assert_eq!(f.len(), 2, "one JSON object per frame");
+    for frame in &f {
+        assert!(
+            frame["host"]["host_kernel_pct"].as_f64().is_some(),
+            "{frame:#}"
+        );
+        for l in &fx.lines {
+            let r = row(frame, l.pid).unwrap_or_else(|| panic!("pid {} missing: {frame:#}", l.pid));
+            let cpu = r["cpu_pct"].as_f64().expect("cpu_pct");
+            // --busy 50 on one vCPU: about 50%; allow a loaded 2-core host.
+            assert!(cpu > 5.0 && cpu < 150.0, "guest {} cpu {cpu}", l.name);
+            let split = r["guest_pct"].as_f64().unwrap()
+                + r["host_system_pct"].as_f64().unwrap()
+                + r["host_user_pct"].as_f64().unwrap();
+            assert!((split - cpu).abs() < 0.01, "split {split} vs {cpu}");
+            assert_eq!(r["vcpus"], 1);
+        }
+    }
+}
+
+#[test]
+fn guests_are_picked_by_pid_and_wrong_choices_exit_2() {
+    if !kvm_usable("guests_are_picked_by_pid_and_wrong_choices_exit_2") {
+        return;
+    }
+    let fx = Fixture::start(&["pica", "picb"], 50);
+    let pid = fx.lines[1].pid.to_string();
+    let o = run(&["profile", "-g", &pid, "-b", "-n", "1", "-d", "1", "--json"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("cannot sample") {
+        eprintln!("NOT CHECKED: perf sampling refused here: {err}");
+    } else {
+        assert!(o.status.success(), "{err}");
+        let f = frames(&o.stdout);
+        assert_eq!(f[0]["pid"], fx.lines[1].pid);
+        assert!(
+            f[0]["host"].as_u64().unwrap() + f[0]["guest_kernel"].as_u64().unwrap() > 0,
+            "no samples at all: {:#}",
+            f[0]
+        );
+    }
+    let o = run(&["profile", "-g", "no-such-guest", "-b"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for l in &fx.lines {
+        assert!(
+            err.contains(&format!("pid {}", l.pid)),
+            "candidates missing: {err}"
+        );
+    }
+}
+
+/// A stopped VMM must not stall a refresh.
+#[test]
+fn a_sigstopped_vmm_does_not_stall_a_batch_frame() {
+    if !kvm_usable("a_sigstopped_vmm_does_not_stall_a_batch_frame") {
+        return;
+    }
+    let fx = Fixture::start(&["stopa", "stopb"], 30);
+    let stopped = fx.lines[0].pid;
+    // SAFETY: kill with a pid we started and a valid signal.
+    assert_eq!(unsafe { libc::kill(stopped as i32, libc::SIGSTOP) }, 0);
+    let o = run_within(
+        &["-b", "-n", "1", "-d", "0.5", "--json"],
+        Duration::from_secs(10),
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(stopped as i32, libc::SIGCONT) };
+    let o = o.expect("a batch frame did not arrive within 10 s while a VMM was stopped");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = frames(&o.stdout);
+    let r = row(&f[0], stopped).expect("the stopped guest is still listed");
+    assert_eq!(
+        r["cpu_pct"].as_f64(),
+        Some(0.0),
+        "a stopped VMM uses no CPU"
+    );
+    assert!(row(&f[0], fx.lines[1].pid).is_some());
+}
+
+#[test]
+fn a_vanished_guest_just_disappears_from_the_next_frame() {
+    if !kvm_usable("a_vanished_guest_just_disappears_from_the_next_frame") {
+        return;
+    }
+    let mut fx = Fixture::start(&["gone"], 30);
+    let pid = fx.lines[0].pid;
+    let c = common::kvmtop()
+        .args(["-b", "-n", "3", "-d", "0.7", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kvmtop");
+    std::thread::sleep(Duration::from_millis(900));
+    fx.child.kill().expect("kill fixture");
+    fx.child.wait().expect("reap fixture");
+    let o = c.wait_with_output().expect("kvmtop output");
+    assert!(o.status.success());
+    let f = frames(&o.stdout);
+    assert_eq!(f.len(), 3);
+    assert!(row(&f[0], pid).is_some(), "guest in the first frame");
+    assert!(
+        row(&f[2], pid).is_none(),
+        "guest still in the last frame: {:#}",
+        f[2]
+    );
+}
