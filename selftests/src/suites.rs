@@ -61,7 +61,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ),
     (
         "rust",
-        "the userspace crates' tests (kvmreg, fixture), on the kernel under test",
+        "the userspace crates' tests (kvmreg, fixture, kvmtop), on the kernel under test",
     ),
     (
         "demo",
@@ -130,7 +130,7 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
 
 /// The userspace crates whose tests run inside the test VM: they must
 /// pass against the real registry, not only on the host's unpatched kernel.
-const RUST_PACKAGES: &[&str] = &["kvmreg", "kvmreg-fixture"];
+const RUST_PACKAGES: &[&str] = &["kvmreg", "kvmreg-fixture", "kvmtop"];
 
 /// Builds the test binaries of [`RUST_PACKAGES`] on the host (the guest sees
 /// the host's files read-only at the same paths) and makes each a suite.
