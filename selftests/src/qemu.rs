@@ -70,12 +70,18 @@ pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
     // The guest's init is a copy of this binary in the run directory, so a
     // rebuild of the workspace during a run cannot pull it away.
     let harness = dir.join("harness-init");
-    fs::copy(std::env::current_exe()?, &harness)
+    // /proc/self/exe, not current_exe(): building the workspace's payloads
+    // may have replaced the file this process was started from.
+    fs::copy("/proc/self/exe", &harness)
         .context("cannot copy the harness binary into the run directory")?;
     let timeout =
         plan.suites.iter().map(|s| s.timeout_secs).sum::<u64>() + boot_allowance(kernel.config);
+    // pci=noacpi: PCI interrupts are routed from the BIOS's table, not by
+    // running the ACPI _PRT method, which under TCG, KASAN and a loaded
+    // host hit ACPI's 30 s loop timeout, left virtio-9p without an IRQ and
+    // hung the boot. ACPI itself stays on (the TSC needs HPET/PM timer).
     let append = format!(
-        "console=ttyS0 panic=-1 loglevel=6 \
+        "console=ttyS0 panic=-1 loglevel=6 pci=noacpi \
          root=/dev/root rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=mmap ro \
          init={} -- guest-init {}",
         harness.display(),
