@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -45,6 +45,7 @@ pub fn main(plan_path: &Path) -> ! {
 
 fn run(plan_path: &Path) -> Result<Counts> {
     mount_basics()?;
+    loopback_up()?;
     let plan: Plan = serde_json::from_str(
         &fs::read_to_string(plan_path)
             .with_context(|| format!("cannot read the plan {}", plan_path.display()))?,
@@ -88,13 +89,15 @@ fn run_plan(plan: &Plan, summary: &mut Summary) -> Result<()> {
         let log = plan
             .out_dir
             .join(format!("{}.log", suite.name.replace('/', "_")));
+        let started = Instant::now();
         let (output, exit) = run_suite(&suite.argv, suite.timeout_secs, &log)?;
         let points = suites::judge(suite, &output, exit);
         let counts = Counts::of(&points);
         println!(
-            "guest-init: suite {}: {} ({exit:?})",
+            "guest-init: suite {}: {} ({exit:?}, {:.0} s)",
             suite.name,
-            counts.line()
+            counts.line(),
+            started.elapsed().as_secs_f64()
         );
         for p in points.iter().filter(|p| p.outcome == Outcome::Fail) {
             println!("guest-init: FAILED {}", p.name);
@@ -118,6 +121,35 @@ fn mount_basics() -> Result<()> {
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     );
     std::env::set_var("HOME", "/tmp");
+    Ok(())
+}
+
+/// Brings `lo` up, as a normal boot does: suites serve and scrape on
+/// 127.0.0.1 (kvmtop's metrics endpoint).
+fn loopback_up() -> Result<()> {
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!("socket for lo: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq passed,
+    // which lives across both calls.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            bail!("SIOCGIFFLAGS lo: {}", std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            bail!("SIOCSIFFLAGS lo: {}", std::io::Error::last_os_error());
+        }
+    }
     Ok(())
 }
 

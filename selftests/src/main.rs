@@ -103,7 +103,7 @@ fn dispatch(cmd: Cmd) -> Result<bool> {
             suites,
         } => {
             let suites = if suites.is_empty() {
-                suites::default_suites(kernel)
+                suites::default_suites(kernel, config)
             } else {
                 suites
             };

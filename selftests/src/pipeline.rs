@@ -94,7 +94,7 @@ pub fn test_all() -> Result<bool> {
             let r = run_suites(
                 config,
                 Tree::Patched,
-                &suites::default_suites(Tree::Patched),
+                &suites::default_suites(Tree::Patched, config),
                 false,
             )?;
             qemu::report(&r);

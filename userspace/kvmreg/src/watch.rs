@@ -213,8 +213,15 @@ impl Watcher {
         loop {
             let left = self.rescan_every.saturating_sub(self.last_scan.elapsed());
             if left.is_zero() {
+                // Drain what the socket holds first: on a host where a scan
+                // takes longer than the rescan period, the rescan is always
+                // due and events would otherwise never be read.
+                let events = match &self.socket {
+                    Some(sock) => sock.wait(Duration::ZERO)?.unwrap_or_default(),
+                    None => Vec::new(),
+                };
                 return Ok(Update {
-                    events: Vec::new(),
+                    events,
                     reason: "periodic rescan",
                     guests: self.scan(),
                 });

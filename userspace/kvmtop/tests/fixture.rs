@@ -144,17 +144,24 @@ fn a_vanished_guest_just_disappears_from_the_next_frame() {
     }
     let mut fx = Fixture::start(&["gone"], 30);
     let pid = fx.lines[0].pid;
-    let c = common::kvmtop()
+    let mut c = common::kvmtop()
         .args(["-b", "-n", "3", "-d", "0.7", "--json"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("kvmtop");
-    std::thread::sleep(Duration::from_millis(900));
+    // Kill the guest only once the first frame is out, however slow the
+    // host (the debug kernel in the test VM is): no fixed sleep.
+    let mut out = std::io::BufReader::new(c.stdout.take().expect("piped stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).expect("first frame");
     fx.child.kill().expect("kill fixture");
     fx.child.wait().expect("reap fixture");
-    let o = c.wait_with_output().expect("kvmtop output");
-    assert!(o.status.success());
-    let f = frames(&o.stdout);
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut out, &mut rest).expect("kvmtop output");
+    assert!(c.wait().expect("kvmtop exit").success());
+    let mut all = first.into_bytes();
+    all.extend(rest);
+    let f = frames(&all);
     assert_eq!(f.len(), 3);
     assert!(row(&f[0], pid).is_some(), "guest in the first frame");
     assert!(
