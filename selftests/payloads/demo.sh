@@ -6,7 +6,7 @@
 #
 # $1: the directory holding the project's binaries (kvmreg-fixture, kvmtop).
 echo "TAP version 13"
-echo "1..7"
+echo "1..8"
 
 bin=$1
 n=0
@@ -78,6 +78,12 @@ if [ -x "$bin/kvmtop" ]; then
 	else
 		not_ok "kvmtop list"
 	fi
+	# The same guests as an unpatched kernel would show them.
+	if show "$bin/kvmtop" --no-registry list; then
+		ok "kvmtop --no-registry list"
+	else
+		not_ok "kvmtop --no-registry list"
+	fi
 	if show "$bin/kvmtop" -b -n 2 -d 1; then
 		ok "kvmtop -b -n 2"
 	else
@@ -91,6 +97,7 @@ if [ -x "$bin/kvmtop" ]; then
 	fi
 else
 	skip "kvmtop list" "kvmtop is not built"
+	skip "kvmtop --no-registry list" "kvmtop is not built"
 	skip "kvmtop -b -n 2" "kvmtop is not built"
 	skip "kvmtop profile -g web" "kvmtop is not built"
 fi

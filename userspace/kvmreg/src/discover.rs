@@ -17,6 +17,9 @@ pub struct Config {
     /// Read qemu `-name` from command lines for guests the kernel has no
     /// name for (shown as an unverified hint).
     pub cmdline_hints: bool,
+    /// Use the VM registry (`/proc/kvm`) when the kernel has it. Off, the
+    /// fallbacks of unpatched kernels are used, e.g. to compare the two.
+    pub use_registry: bool,
 }
 
 impl Default for Config {
@@ -25,6 +28,7 @@ impl Default for Config {
             proc_root: ProcRoot::default(),
             debugfs_root: PathBuf::from("/sys/kernel/debug"),
             cmdline_hints: true,
+            use_registry: true,
         }
     }
 }
@@ -59,7 +63,7 @@ pub fn discover_with(cfg: &Config) -> Discovery {
     let mut backends = Vec::new();
     let mut notes = Vec::new();
     let mut guests;
-    if proc_kvm::available(&cfg.proc_root) {
+    if cfg.use_registry && proc_kvm::available(&cfg.proc_root) {
         let f = proc_kvm::scan(&cfg.proc_root);
         guests = f.guests;
         notes.extend(f.notes);
@@ -69,10 +73,14 @@ pub fn discover_with(cfg: &Config) -> Discovery {
     } else {
         backends.push((
             Source::ProcKvm,
-            BackendState::Unavailable(format!(
-                "{} has no kvm directory: kernel without the VM registry",
-                cfg.proc_root.path().display()
-            )),
+            BackendState::Unavailable(if cfg.use_registry {
+                format!(
+                    "{} has no kvm directory: kernel without the VM registry",
+                    cfg.proc_root.path().display()
+                )
+            } else {
+                "not used (asked for the fallbacks)".into()
+            }),
         ));
         let f = fd_scan::scan(&cfg.proc_root);
         guests = f.guests;
@@ -240,6 +248,7 @@ mod tests {
             proc_root: ProcRoot::new(d.path()),
             debugfs_root: d.path().join("no-debugfs"),
             cmdline_hints: true,
+            use_registry: true,
         };
         let r = discover_with(&cfg);
         assert_eq!(r.guests.len(), 1);
@@ -270,6 +279,7 @@ mod tests {
             proc_root: ProcRoot::new(d.path()),
             debugfs_root: d.path().join("none"),
             cmdline_hints: true,
+            use_registry: true,
         };
         let r = discover_with(&cfg);
         assert_eq!(r.guests.len(), 1);
@@ -278,5 +288,29 @@ mod tests {
         let (src, s) = guest_stats(&cfg, g).unwrap();
         assert_eq!(src, Source::ProcKvm);
         assert_eq!(s.get("remote_tlb_flush"), Some(9));
+    }
+
+    #[test]
+    fn the_registry_can_be_left_out() {
+        let d = TempDir::new("discover-n");
+        d.write("10/kvm/3/name", "web\n");
+        d.write("10/kvm/3/status", "Name:\tweb\nId:\t3\nPid:\t10\n");
+        d.symlink("kvm/web", "../10/kvm/3");
+        d.symlink("10/fd/4", "anon_inode:kvm-vm");
+        let cfg = Config {
+            proc_root: ProcRoot::new(d.path()),
+            debugfs_root: d.path().join("none"),
+            cmdline_hints: false,
+            use_registry: false,
+        };
+        let r = discover_with(&cfg);
+        assert_eq!(r.guests.len(), 1);
+        assert_eq!(r.guests[0].name, None, "no kernel name from the fd scan");
+        assert_eq!(r.guests[0].provenance.pid, Some(Source::FdScan));
+        assert_eq!(r.backends[1], (Source::FdScan, BackendState::Used));
+        assert!(matches!(
+            &r.backends[0],
+            (Source::ProcKvm, BackendState::Unavailable(why)) if why.contains("not used")
+        ));
     }
 }

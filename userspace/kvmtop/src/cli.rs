@@ -46,6 +46,10 @@ pub struct Roots {
     /// Where debugfs is mounted.
     #[arg(long, global = true, hide = true, default_value = "/sys/kernel/debug")]
     pub debugfs_root: PathBuf,
+    /// Ignore the kernel's VM registry (/proc/kvm) and use the fallbacks of
+    /// unpatched kernels (fd scan, debugfs), e.g. to compare the two.
+    #[arg(long, global = true)]
+    pub no_registry: bool,
 }
 
 /// `top`-like batch options, shared by the overview, `stat` and `profile`.

@@ -26,6 +26,7 @@ fn config(c: &Cli) -> kvmreg::Config {
         proc_root: kvmreg::procfs::ProcRoot::new(&c.roots.proc_root),
         debugfs_root: c.roots.debugfs_root.clone(),
         cmdline_hints: true,
+        use_registry: !c.roots.no_registry,
     }
 }
 
