@@ -10,11 +10,31 @@
 //! `hlt` exits to the VMM once per round, which lets the VMM throttle the
 //! guest (`--busy`); with CS base 0 the guest RIP equals these addresses.
 
+/// One instruction: its bytes and its assembler text (Intel syntax), so
+/// the image and the listing written as `guest.S` come from one table.
+pub struct Insn {
+    pub bytes: Vec<u8>,
+    pub text: String,
+}
+
 /// A function of the guest image.
 pub struct Func {
     pub name: &'static str,
     pub addr: u64,
     pub bytes: Vec<u8>,
+    pub insns: Vec<Insn>,
+}
+
+impl Func {
+    fn new(name: &'static str, addr: u64, insns: Vec<Insn>) -> Func {
+        let bytes = insns.iter().flat_map(|i| i.bytes.iter().copied()).collect();
+        Func {
+            name,
+            addr,
+            bytes,
+            insns,
+        }
+    }
 }
 
 pub const ENTRY: u64 = 0x1000;
@@ -22,42 +42,45 @@ pub const STACK_TOP: u64 = 0x8000;
 pub const HOT_A_LOOPS: u16 = 63000;
 pub const HOT_B_LOOPS: u16 = 27000;
 
+fn insn(bytes: Vec<u8>, text: impl Into<String>) -> Insn {
+    Insn {
+        bytes,
+        text: text.into(),
+    }
+}
+
 fn rel16(from_next: u64, to: u64) -> [u8; 2] {
     ((to as i64 - from_next as i64) as i16).to_le_bytes()
 }
 
-fn busy(loops: u16) -> Vec<u8> {
+fn busy(loops: u16) -> Vec<Insn> {
     let l = loops.to_le_bytes();
-    // mov cx, imm16 ; loop -2 (to itself) ; ret
-    vec![0xB9, l[0], l[1], 0xE2, 0xFE, 0xC3]
+    vec![
+        insn(vec![0xB9, l[0], l[1]], format!("mov cx, {loops}")),
+        insn(vec![0xE2, 0xFE], "loop $"), // to itself
+        insn(vec![0xC3], "ret"),
+    ]
 }
 
 /// The guest's functions, in address order.
 pub fn functions() -> Vec<Func> {
     let hot_a = 0x1100;
     let hot_b = 0x1200;
-    let mut main = vec![0xE8];
-    main.extend(rel16(ENTRY + 3, hot_a));
-    main.push(0xE8);
-    main.extend(rel16(ENTRY + 6, hot_b));
-    main.push(0xF4); // hlt
-    main.extend([0xEB, (ENTRY as i64 - (ENTRY as i64 + 9)) as i8 as u8]); // jmp main
+    // call rel16, relative to the end of the 3-byte instruction
+    let call = |next: u64, to: u64| [&[0xE8][..], &rel16(next, to)[..]].concat();
+    let main = vec![
+        insn(call(ENTRY + 3, hot_a), "call hot_a"),
+        insn(call(ENTRY + 6, hot_b), "call hot_b"),
+        insn(vec![0xF4], "hlt"),
+        insn(
+            vec![0xEB, (ENTRY as i64 - (ENTRY as i64 + 9)) as i8 as u8],
+            "jmp main",
+        ),
+    ];
     vec![
-        Func {
-            name: "main",
-            addr: ENTRY,
-            bytes: main,
-        },
-        Func {
-            name: "hot_a",
-            addr: hot_a,
-            bytes: busy(HOT_A_LOOPS),
-        },
-        Func {
-            name: "hot_b",
-            addr: hot_b,
-            bytes: busy(HOT_B_LOOPS),
-        },
+        Func::new("main", ENTRY, main),
+        Func::new("hot_a", hot_a, busy(HOT_A_LOOPS)),
+        Func::new("hot_b", hot_b, busy(HOT_B_LOOPS)),
     ]
 }
 
@@ -89,5 +112,19 @@ mod tests {
         assert_eq!(img[0x1006], 0xF4);
         assert_eq!(0x1009 + img[0x1008] as i8 as i64, 0x1000);
         assert_eq!(&img[0x1100..0x1106], &[0xB9, 0x18, 0xF6, 0xE2, 0xFE, 0xC3]);
+    }
+
+    #[test]
+    fn listing_matches_the_bytes() {
+        let f = functions();
+        let texts: Vec<Vec<&str>> = f
+            .iter()
+            .map(|f| f.insns.iter().map(|i| i.text.as_str()).collect())
+            .collect();
+        assert_eq!(texts[0], ["call hot_a", "call hot_b", "hlt", "jmp main"]);
+        assert_eq!(texts[1], ["mov cx, 63000", "loop $", "ret"]);
+        let lens: Vec<usize> = f[0].insns.iter().map(|i| i.bytes.len()).collect();
+        assert_eq!(lens, [3, 3, 1, 2]);
+        assert_eq!(f[0].bytes.len(), 9);
     }
 }

@@ -26,6 +26,41 @@ fn fixture_symbol_files_resolve_guest_addresses() {
     );
     assert_eq!(ks.lookup(0x1203).map(|r| r.name), Some("hot_b".into()));
     assert!(e.resolve(0x1206).is_none());
+
+    // DWARF lines: every instruction of the code maps to its line of the
+    // guest.S written beside the ELF; the expected line is looked up in that
+    // file by the address the listing prints on each instruction line.
+    assert_eq!(e.lines_note, None, "the ELF has DWARF line info");
+    let src = std::fs::read_to_string(dir.join("web/guest.S")).expect("guest.S beside vmlinux");
+    let line_of = |addr: u64| {
+        src.lines()
+            .position(|l| l.contains(&format!("; {addr:#06x}:")))
+            .map(|i| i as u32 + 1)
+            .unwrap_or_else(|| panic!("{addr:#x} not in guest.S:\n{src}"))
+    };
+    let r = e.resolve(0x1103).expect("0x1103 resolves");
+    assert_eq!(r.name, "hot_a");
+    assert_eq!(r.file.as_deref(), Some("guest.S"));
+    assert_eq!(r.line, Some(line_of(0x1103)));
+    assert!(
+        src.lines()
+            .nth(line_of(0x1103) as usize - 1)
+            .is_some_and(|l| l.contains("loop $")),
+        "hot_a's loop instruction at 0x1103:\n{src}"
+    );
+    // An address inside an instruction gets the instruction's line.
+    assert_eq!(
+        e.resolve(0x1104).and_then(|r| r.line),
+        Some(line_of(0x1103))
+    );
+    for addr in [0x1000, 0x1006, 0x1100, 0x1105, 0x1200, 0x1203] {
+        let r = e.resolve(addr).expect("resolves");
+        assert_eq!(
+            (r.file.as_deref(), r.line),
+            (Some("guest.S"), Some(line_of(addr))),
+            "{addr:#x}"
+        );
+    }
     let want = std::fs::read_to_string(dir.join("db/build-id")).expect("build-id file");
     assert_eq!(
         e.build_id.as_deref().map(elf::hex),

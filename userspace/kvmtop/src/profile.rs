@@ -302,4 +302,36 @@ mod tests {
         assert_eq!(top[2].symbol, "hot_b");
         assert_eq!(t.top(1).len(), 1);
     }
+
+    #[test]
+    fn text_shows_the_source_column() {
+        let mut t = Tally::default();
+        t.add(CpuMode::GuestKernel, 0x1103, |_| Some(res("hot_a", 16)));
+        t.add(CpuMode::GuestKernel, 0x1300, |_| None);
+        let f = ProfileFrame {
+            guest: "web".into(),
+            id: Some(3),
+            pid: 10,
+            interval_s: 1.0,
+            guest_kernel: t.guest_kernel,
+            guest_user: 0,
+            host: 0,
+            lost: 0,
+            attribution: "vcpu-thread",
+            functions: t.top(10),
+            notes: Vec::new(),
+        };
+        let s = text(&f);
+        let row = |sym: &str| {
+            s.lines()
+                .find(|l| l.contains(sym))
+                .unwrap_or_else(|| panic!("{sym} missing:\n{s}"))
+                .split_whitespace()
+                .last()
+                .map(str::to_string)
+        };
+        assert!(s.contains("SOURCE"), "{s}");
+        assert_eq!(row("hot_a").as_deref(), Some("guest.S:16"));
+        assert_eq!(row("0x1300").as_deref(), Some("-"));
+    }
 }

@@ -53,7 +53,7 @@ pub fn kvm_usable(test: &str) -> bool {
 
 /// The fixture binary beside kvmtop in the target directory, built on
 /// demand (a `cargo test -p kvmtop` does not build other packages' bins).
-fn fixture_bin() -> PathBuf {
+pub fn fixture_bin() -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_kvmtop"))
         .parent()
         .expect("target dir")
@@ -67,6 +67,17 @@ fn fixture_bin() -> PathBuf {
         assert!(st.success(), "building kvmreg-fixture failed");
     }
     bin
+}
+
+/// The fixture's symbol files (`kallsyms`, `vmlinux` with DWARF lines,
+/// `guest.S`, `build-id`) written into `dir`.
+pub fn fixture_symbols(dir: &Path) {
+    let st = Command::new(fixture_bin())
+        .args(["--symbols-only", "--guests", "x", "--out"])
+        .arg(dir)
+        .status()
+        .expect("run kvmreg-fixture --symbols-only");
+    assert!(st.success(), "kvmreg-fixture --symbols-only failed");
 }
 
 #[derive(Debug, Clone)]

@@ -84,7 +84,23 @@ fn guests_are_picked_by_pid_and_wrong_choices_exit_2() {
     }
     let fx = Fixture::start(&["pica", "picb"], 50);
     let pid = fx.lines[1].pid.to_string();
-    let o = run(&["profile", "-g", &pid, "-b", "-n", "1", "-d", "1", "--json"]);
+    let syms = common::TempDir::new("profile-syms");
+    common::fixture_symbols(&syms.0);
+    let vmlinux = syms.0.join("vmlinux");
+    let vmlinux = vmlinux.to_str().expect("utf-8 temp path");
+    let o = run(&[
+        "profile",
+        "-g",
+        &pid,
+        "-b",
+        "-n",
+        "1",
+        "-d",
+        "1",
+        "--json",
+        "--guestvmlinux",
+        vmlinux,
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     if err.contains("cannot sample") {
         eprintln!("NOT CHECKED: perf sampling refused here: {err}");
@@ -97,6 +113,30 @@ fn guests_are_picked_by_pid_and_wrong_choices_exit_2() {
             "no samples at all: {:#}",
             f[0]
         );
+        // The fixture's vmlinux has DWARF lines: no note that it lacks them,
+        // and every named guest function gets its guest.S line.
+        let notes = f[0]["notes"].to_string();
+        assert!(!notes.contains("DWARF"), "{notes}");
+        let funcs = f[0]["functions"].as_array().expect("functions");
+        let named: Vec<&Value> = funcs
+            .iter()
+            .filter(|h| ["main", "hot_a", "hot_b"].contains(&h["symbol"].as_str().unwrap_or("")))
+            .collect();
+        for h in &named {
+            let src = h["source"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no source: {h}"));
+            let line: u32 = src
+                .strip_prefix("guest.S:")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or_else(|| panic!("source {src:?} is not guest.S:<line>"));
+            assert!(line > 0);
+        }
+        if named.is_empty() {
+            eprintln!(
+                "NOT CHECKED: no guest-mode samples named a guest function in 1 s here, so the SOURCE column was not seen filled (only the absence of a DWARF note was checked)"
+            );
+        }
     }
     let o = run(&["profile", "-g", "no-such-guest", "-b"]);
     assert_eq!(o.status.code(), Some(2));
