@@ -151,6 +151,8 @@ fn discover_finds_fixture_guests_one_process_each() {
             assert_eq!(g.name, Some(GuestName::Kernel(l.name.clone())));
             assert_eq!(g.id, l.id);
             assert_eq!(g.provenance.id, Some(Source::ProcKvm));
+            // The VM fd, from fdinfo's kvm_vm_id (it names the debugfs dir).
+            assert_eq!(g.vm_fd, Some(l.vm_fd));
         } else {
             assert_eq!(g.provenance.pid, Some(Source::FdScan));
             assert_eq!(g.provenance.vcpus, Some(Source::FdScan));
@@ -190,6 +192,7 @@ fn discover_counts_vms_and_vcpus_of_one_process() {
     want.sort();
     if fx.lines[0].named {
         assert!(mine.iter().all(|g| g.vcpus.len() == 1));
+        assert_eq!(fds, want, "VM fds from fdinfo's kvm_vm_id");
     } else {
         assert_eq!(fds, want);
         // Unpatched: 3 vCPU fds that cannot be tied to their VMs, said so.
@@ -322,27 +325,137 @@ fn unprivileged_discovery_skips_without_error() {
     );
 }
 
+/// Mount debugfs in a private mount namespace only, so the host's mounts
+/// stay as they are. Needs root and util-linux unshare.
+fn debugfs_mountable(test: &str) -> bool {
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t debugfs none /sys/kernel/debug"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!("SKIPPED {test}: cannot mount debugfs in a mount namespace ({}); debugfs NOT tested", String::from_utf8_lossy(&o.stderr).trim());
+            false
+        }
+        Err(e) => {
+            eprintln!("SKIPPED {test}: no unshare ({e}); debugfs NOT tested");
+            false
+        }
+    }
+}
+
+/// kvmreg-discover --counters with debugfs mounted, on `proc_root`.
+fn discover_with_debugfs(proc_root: &std::path::Path) -> serde_json::Value {
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t debugfs none /sys/kernel/debug && exec \"$0\" --counters --proc-root \"$1\"",
+            env!("CARGO_BIN_EXE_kvmreg-discover"),
+        ])
+        .arg(proc_root)
+        .output()
+        .expect("run kvmreg-discover with debugfs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// The registry backend's use of debugfs for vCPU stats, against the real
+/// debugfs of a real fixture VM: the registry files are a fake proc tree
+/// (this host may lack the registry) but the fd that ties the registry VM
+/// to its `<pid>-<fd>` debugfs directory is the VM's real fd.
+#[test]
+fn registry_counters_match_the_real_debugfs_dir_by_pid_and_fd() {
+    let test = "registry_counters_match_the_real_debugfs_dir_by_pid_and_fd";
+    if !kvm_usable(test) || !debugfs_mountable(test) {
+        return;
+    }
+    let fx = Fixture::start(&["--guests", "rdbg", "--vcpus", "1", "--busy", "20"]);
+    let l = &fx.lines[0];
+    let tree = |tag: &str, fd: i32| {
+        let d = std::env::temp_dir().join(format!("kvmreg-rdbg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let vm = d.join(format!("{}/kvm/1", l.pid));
+        std::fs::create_dir_all(&vm).expect("mkdir");
+        std::fs::create_dir_all(d.join("kvm")).expect("mkdir");
+        std::fs::create_dir_all(d.join(format!("{}/fd", l.pid))).expect("mkdir");
+        std::fs::create_dir_all(d.join(format!("{}/fdinfo", l.pid))).expect("mkdir");
+        std::fs::write(vm.join("name"), "rdbg\n").expect("write");
+        std::fs::write(
+            vm.join("status"),
+            format!("Name:\trdbg\nId:\t1\nPid:\t{}\nVcpus:\t1\n", l.pid),
+        )
+        .expect("write");
+        std::fs::write(vm.join("vcpus"), format!("0 0 {}\n", l.tids[0])).expect("write");
+        let stats = kvmreg::stats::encode("kvm", 48, &[("remote_tlb_flush", 0, &[1])]);
+        std::fs::write(vm.join("stats"), stats).expect("write");
+        std::os::unix::fs::symlink(format!("../{}/kvm/1", l.pid), d.join("kvm/rdbg"))
+            .expect("symlink");
+        std::os::unix::fs::symlink("anon_inode:kvm-vm", d.join(format!("{}/fd/{fd}", l.pid)))
+            .expect("symlink");
+        std::fs::write(
+            d.join(format!("{}/fdinfo/{fd}", l.pid)),
+            "pos:\t0\nkvm_vm_id:\t1\n",
+        )
+        .expect("write");
+        d
+    };
+    let counters = |v: &serde_json::Value| {
+        v["counters"]
+            .as_array()
+            .expect("counters")
+            .iter()
+            .find(|c| c["pid"] == l.pid)
+            .unwrap_or_else(|| panic!("no counters of pid {}: {v:#}", l.pid))["counters"]
+            .clone()
+    };
+
+    let good = tree("fd", l.vm_fd);
+    let v = discover_with_debugfs(&good);
+    let c = counters(&v);
+    assert_eq!(c["source"], "proc-kvm", "{c:#}");
+    assert_eq!(c["values"]["remote_tlb_flush"], 1, "{c:#}");
+    // pages_4k is a read-only file of the real debugfs directory: it is
+    // there only if `<pid>-<vm_fd>` was matched.
+    assert_eq!(c["sources"]["pages_4k"], "debugfs", "{c:#}");
+    let exits = c["values"]["exits"].as_u64();
+    let refused = c["notes"].to_string().contains("EPERM");
+    assert!(
+        exits.is_some_and(|e| e > 0) || (exits.is_none() && refused),
+        "{c:#}"
+    );
+    if exits.is_none() {
+        eprintln!("NOTE {test}: debugfs refused the cumulative vCPU stats here (EPERM); the refusal note was checked, exit counts were not");
+    }
+
+    // A VM fd with no debugfs directory: said so, nothing taken from
+    // another directory.
+    let bad = tree("badfd", l.vm_fd + 100);
+    let c = counters(&discover_with_debugfs(&bad));
+    assert_eq!(c["values"]["pages_4k"], serde_json::Value::Null, "{c:#}");
+    assert!(
+        c["notes"]
+            .to_string()
+            .contains(&format!("kvm/{}-{}", l.pid, l.vm_fd + 100)),
+        "{c:#}"
+    );
+    let _ = std::fs::remove_dir_all(&good);
+    let _ = std::fs::remove_dir_all(&bad);
+}
+
 #[test]
 fn debugfs_gives_vcpu_threads_as_kernel_facts() {
     let test = "debugfs_gives_vcpu_threads_as_kernel_facts";
     if !kvm_usable(test) {
         return;
     }
-    // Mount debugfs in a private mount namespace only, so the host's mounts
-    // stay as they are. Needs root and util-linux unshare.
-    let probe = Command::new("unshare")
-        .args(["-m", "sh", "-c", "mount -t debugfs none /sys/kernel/debug"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            eprintln!("SKIPPED {test}: cannot mount debugfs in a mount namespace ({}); debugfs NOT tested", String::from_utf8_lossy(&o.stderr).trim());
-            return;
-        }
-        Err(e) => {
-            eprintln!("SKIPPED {test}: no unshare ({e}); debugfs NOT tested");
-            return;
-        }
+    if !debugfs_mountable(test) {
+        return;
     }
     let fx = Fixture::start(&["--guests", "dbg", "--vcpus", "2", "--busy", "10"]);
     let l = &fx.lines[0];
@@ -374,13 +487,6 @@ fn debugfs_gives_vcpu_threads_as_kernel_facts() {
         tids,
         l.tids.iter().map(|&t| u64::from(t)).collect::<Vec<_>>()
     );
-    if l.named {
-        return; // the registry answered; debugfs was not needed
-    }
-    assert!(vcpus.iter().all(|v| v["tid_source"] == "debugfs"), "{g}");
-    let backends = v["backends"].to_string();
-    assert!(backends.contains(r#"["debugfs","used"]"#), "{backends}");
-    // Stats of another process' VM: debugfs works where pidfd_getfd cannot.
     let c = v["counters"]
         .as_array()
         .expect("counters")
@@ -388,7 +494,27 @@ fn debugfs_gives_vcpu_threads_as_kernel_facts() {
         .find(|c| c["pid"] == l.pid)
         .expect("counters of the fixture guest");
     let c = &c["counters"];
+    if l.named {
+        // Registry kernel: VM stats from the registry, vCPU stats (exits,
+        // halt_exits) from the matched debugfs directory, or their refusal.
+        assert_eq!(c["source"], "proc-kvm", "{c}");
+        let exits = c["values"]["exits"].as_u64();
+        let refused = c["notes"].to_string().contains("EPERM");
+        assert!(
+            exits.is_some_and(|e| e > 0) || (exits.is_none() && refused),
+            "{c}"
+        );
+        if exits.is_some() {
+            assert_eq!(c["sources"]["exits"], "debugfs", "{c}");
+        }
+        return;
+    }
+    assert!(vcpus.iter().all(|v| v["tid_source"] == "debugfs"), "{g}");
+    let backends = v["backends"].to_string();
+    assert!(backends.contains(r#"["debugfs","used"]"#), "{backends}");
+    // Stats of another process' VM: debugfs works where pidfd_getfd cannot.
     assert_eq!(c["source"], "debugfs", "{c}");
+    assert_eq!(c["sources"]["pages_4k"], "debugfs", "{c}");
     assert!(c["values"]["pages_4k"].as_u64().is_some(), "{c}");
     // Cumulative stats are readable, or their refusal (lockdown) is said.
     let halts = c["values"]["halt_exits"].as_u64();

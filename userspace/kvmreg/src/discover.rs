@@ -67,6 +67,7 @@ pub fn discover_with(cfg: &Config) -> Discovery {
         let f = proc_kvm::scan(&cfg.proc_root);
         guests = f.guests;
         notes.extend(f.notes);
+        registry_vm_fds(&cfg.proc_root, &mut guests);
         backends.push((Source::ProcKvm, BackendState::Used));
         backends.push((Source::FdScan, BackendState::NotNeeded));
         backends.push((Source::Debugfs, BackendState::NotNeeded));
@@ -120,6 +121,26 @@ pub fn discover_with(cfg: &Config) -> Discovery {
     }
 }
 
+/// Give registry guests their VM fd (which names the debugfs directory):
+/// the lowest fd whose fdinfo `kvm_vm_id:` is the guest's id. Left unknown
+/// where the owner's fds cannot be read.
+fn registry_vm_fds(proc: &ProcRoot, guests: &mut [Guest]) {
+    let mut by_pid: BTreeMap<u32, Vec<(i32, Option<u64>)>> = BTreeMap::new();
+    for g in guests.iter_mut() {
+        let Some(id) = g.id else { continue };
+        if g.details_hidden || g.vm_fd.is_some() {
+            continue;
+        }
+        let fds = by_pid
+            .entry(g.pid)
+            .or_insert_with(|| match fd_scan::vm_fds(proc, g.pid) {
+                crate::procfs::Read::Ok(v) => v,
+                _ => Vec::new(),
+            });
+        g.vm_fd = fds.iter().find(|f| f.1 == Some(id)).map(|f| f.0);
+    }
+}
+
 /// The guest name from a qemu command line: `-name web` or
 /// `-name guest=web,debug-threads=on` (also `--name`, `-name=web`).
 pub fn qemu_name(cmdline: &[String]) -> Option<String> {
@@ -169,46 +190,103 @@ pub fn guest_stats(cfg: &Config, g: &Guest) -> Result<(Source, Stats), stats_fd:
 /// Scalar stats counters of a guest, and where they came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Counters {
+    /// Where the bulk came from (the registry's stats file, debugfs, or
+    /// `pidfd_getfd`); `sources` has it per counter.
     pub source: Source,
     pub values: BTreeMap<String, u64>,
+    /// The source of each counter in `values`. On a registry kernel the VM
+    /// stats come from `/proc/<pid>/kvm/<id>/stats` and the vCPU stats
+    /// (`exits`, `halt_*`, ...) from debugfs, which sums them over vCPUs.
+    pub sources: BTreeMap<String, Source>,
     /// What could not be read, in plain words.
     pub notes: Vec<String>,
 }
 
+fn refused_note(refused: &[String]) -> Option<String> {
+    Some(format!(
+        "debugfs refused {} stats with EPERM (kernel lockdown refuses writable debugfs files, which all cumulative stats are), e.g. {}",
+        refused.len(),
+        refused.first()?
+    ))
+}
+
 /// Scalar counters of a guest by name, from the best source that works:
-/// the registry's stats file, debugfs, then `pidfd_getfd`.
+/// the registry's stats file, debugfs, then `pidfd_getfd`. The registry
+/// has only the VM's stats, so on a registry kernel the vCPU stats are
+/// added from debugfs where it is mounted and readable (and the VM's
+/// directory can be matched); `sources` says which counter came from where
+/// and `notes` why vCPU stats are missing.
 pub fn guest_counters(cfg: &Config, g: &Guest) -> Result<Counters, stats_fd::StatsFdError> {
-    let from_stats = |(source, s): (Source, Stats)| Counters {
-        source,
-        values: s
+    let from_stats = |(source, s): (Source, Stats)| {
+        let values: BTreeMap<String, u64> = s
             .stats
             .iter()
             .filter(|s| s.values.len() == 1)
             .map(|s| (s.desc.name.clone(), s.values[0]))
-            .collect(),
-        notes: Vec::new(),
+            .collect();
+        Counters {
+            source,
+            sources: values.keys().map(|k| (k.clone(), source)).collect(),
+            values,
+            notes: Vec::new(),
+        }
     };
     if g.provenance.id == Some(Source::ProcKvm) {
-        return guest_stats(cfg, g).map(from_stats);
+        let mut c = guest_stats(cfg, g).map(from_stats)?;
+        add_debugfs_vcpu_counters(cfg, g, &mut c);
+        return Ok(c);
     }
     if let Some(dir) = debugfs::vm_dir(&cfg.debugfs_root, g) {
         if let Ok(c) = debugfs::read_counters(&dir) {
-            let mut notes = Vec::new();
-            if !c.refused.is_empty() {
-                notes.push(format!(
-                    "debugfs refused {} stats with EPERM (kernel lockdown refuses writable debugfs files, which all cumulative stats are), e.g. {}",
-                    c.refused.len(),
-                    c.refused[0]
-                ));
-            }
             return Ok(Counters {
                 source: Source::Debugfs,
+                sources: c
+                    .values
+                    .keys()
+                    .map(|k| (k.clone(), Source::Debugfs))
+                    .collect(),
                 values: c.values,
-                notes,
+                notes: refused_note(&c.refused).into_iter().collect(),
             });
         }
     }
     guest_stats(cfg, g).map(from_stats)
+}
+
+/// Add the counters the registry's VM stats lack (the vCPU stats) from the
+/// guest's debugfs directory; say in `c.notes` why not where they cannot be.
+fn add_debugfs_vcpu_counters(cfg: &Config, g: &Guest, c: &mut Counters) {
+    let vms_of_pid = match cfg.proc_root.list_numeric(format!("{}/kvm", g.pid)) {
+        crate::procfs::Read::Ok(ids) => ids.len(),
+        _ => 0,
+    };
+    let missing = "vCPU stats (exits, halt polling) are not in the registry's VM stats and come only from debugfs";
+    let dir = match debugfs::find_vm_dir(&cfg.debugfs_root, g, vms_of_pid) {
+        Ok(d) => d,
+        Err(why) => {
+            c.notes.push(format!("{missing}: {why}"));
+            return;
+        }
+    };
+    let d = match debugfs::read_counters(&dir) {
+        Ok(d) => d,
+        Err(e) => {
+            c.notes.push(format!("{missing}: {}: {e}", dir.display()));
+            return;
+        }
+    };
+    for (k, v) in d.values {
+        if !c.values.contains_key(&k) {
+            c.sources.insert(k.clone(), Source::Debugfs);
+            c.values.insert(k, v);
+        }
+    }
+    let refused: Vec<String> = d
+        .refused
+        .into_iter()
+        .filter(|r| !c.values.contains_key(r))
+        .collect();
+    c.notes.extend(refused_note(&refused));
 }
 
 #[cfg(test)]
@@ -288,6 +366,133 @@ mod tests {
         let (src, s) = guest_stats(&cfg, g).unwrap();
         assert_eq!(src, Source::ProcKvm);
         assert_eq!(s.get("remote_tlb_flush"), Some(9));
+    }
+
+    /// A registry VM `id` of `pid` with a stats file of `remote_tlb_flush`.
+    fn registry_vm(d: &TempDir, pid: u32, id: u64, name: &str) {
+        d.write(&format!("{pid}/kvm/{id}/name"), format!("{name}\n"));
+        d.write(
+            &format!("{pid}/kvm/{id}/status"),
+            format!("Name:\t{name}\nId:\t{id}\nPid:\t{pid}\nVcpus:\t0\n"),
+        );
+        d.write(&format!("{pid}/kvm/{id}/vcpus"), "");
+        let bytes = stats::encode("kvm", 48, &[("remote_tlb_flush", 0, &[9])]);
+        d.write(&format!("{pid}/kvm/{id}/stats"), &bytes);
+        d.symlink(&format!("kvm/{name}"), &format!("../{pid}/kvm/{id}"));
+    }
+
+    fn debugfs_vm(d: &TempDir, dir: &str, exits: u64) {
+        d.write(&format!("dbg/kvm/{dir}/exits"), format!("{exits}\n"));
+        d.write(&format!("dbg/kvm/{dir}/halt_successful_poll"), "3\n");
+        d.write(&format!("dbg/kvm/{dir}/halt_attempted_poll"), "4\n");
+        // A VM stat in both: the registry's value wins.
+        d.write(&format!("dbg/kvm/{dir}/remote_tlb_flush"), "1\n");
+        d.write(&format!("dbg/kvm/{dir}/vcpu0/pid"), "0\n");
+    }
+
+    fn registry_cfg(d: &TempDir) -> Config {
+        Config {
+            proc_root: ProcRoot::new(d.path()),
+            debugfs_root: d.path().join("dbg"),
+            cmdline_hints: false,
+            use_registry: true,
+        }
+    }
+
+    #[test]
+    fn registry_counters_take_vcpu_stats_from_debugfs_by_pid_and_fd() {
+        let d = TempDir::new("discover-rd");
+        registry_vm(&d, 10, 3, "web");
+        registry_vm(&d, 10, 5, "db");
+        // The VM fds of pid 10, tied to the registry ids by fdinfo.
+        d.symlink("10/fd/4", "anon_inode:kvm-vm");
+        d.write("10/fdinfo/4", "pos:\t0\nkvm_vm_id:\t3\n");
+        d.symlink("10/fd/7", "anon_inode:kvm-vm");
+        d.write("10/fdinfo/7", "kvm_vm_id:\t5\n");
+        d.symlink("10/fd/8", "anon_inode:kvm-vcpu:0");
+        debugfs_vm(&d, "10-4", 100);
+        debugfs_vm(&d, "10-7", 700);
+        debugfs_vm(&d, "11-4", 999); // another process' VM with the same fd
+        let cfg = registry_cfg(&d);
+        let r = discover_with(&cfg);
+        assert_eq!(r.backends[0], (Source::ProcKvm, BackendState::Used));
+        let web = r.guests.iter().find(|g| g.id == Some(3)).expect("web");
+        let db = r.guests.iter().find(|g| g.id == Some(5)).expect("db");
+        assert_eq!((web.vm_fd, db.vm_fd), (Some(4), Some(7)));
+        let c = guest_counters(&cfg, web).unwrap();
+        assert_eq!(c.source, Source::ProcKvm);
+        assert_eq!(c.values.get("exits"), Some(&100));
+        assert_eq!(c.sources.get("exits"), Some(&Source::Debugfs));
+        assert_eq!(c.values.get("halt_attempted_poll"), Some(&4));
+        assert_eq!(c.values.get("remote_tlb_flush"), Some(&9));
+        assert_eq!(c.sources.get("remote_tlb_flush"), Some(&Source::ProcKvm));
+        assert_eq!(c.sources.len(), c.values.len());
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
+        let c = guest_counters(&cfg, db).unwrap();
+        assert_eq!(c.values.get("exits"), Some(&700));
+    }
+
+    #[test]
+    fn registry_vms_that_cannot_be_matched_to_debugfs_are_not_guessed() {
+        let d = TempDir::new("discover-ra");
+        registry_vm(&d, 20, 3, "a");
+        registry_vm(&d, 20, 4, "b");
+        // No readable fds: the VM fds are unknown.
+        debugfs_vm(&d, "20-4", 1);
+        debugfs_vm(&d, "20-5", 2);
+        let cfg = registry_cfg(&d);
+        let r = discover_with(&cfg);
+        assert_eq!(r.guests.len(), 2);
+        for g in &r.guests {
+            assert_eq!(g.vm_fd, None);
+            let c = guest_counters(&cfg, g).unwrap();
+            assert_eq!(c.values.get("exits"), None, "{c:?}");
+            assert_eq!(c.values.get("remote_tlb_flush"), Some(&9));
+            let n = c.notes.join("\n");
+            assert!(
+                n.contains("pid 20 holds 2 VMs") && n.contains("20-4, 20-5"),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_single_registry_vm_matches_the_only_debugfs_dir_of_its_pid() {
+        let d = TempDir::new("discover-r1");
+        registry_vm(&d, 30, 3, "solo");
+        debugfs_vm(&d, "30-9", 42);
+        debugfs_vm(&d, "31-9", 1);
+        let cfg = registry_cfg(&d);
+        let g = discover_with(&cfg).guests.remove(0);
+        assert_eq!(g.vm_fd, None);
+        let c = guest_counters(&cfg, &g).unwrap();
+        assert_eq!(c.values.get("exits"), Some(&42));
+        assert_eq!(c.sources.get("exits"), Some(&Source::Debugfs));
+
+        // A second registry VM of the pid: one directory no longer says which.
+        registry_vm(&d, 30, 4, "other");
+        let c = guest_counters(&cfg, &g).unwrap();
+        assert_eq!(c.values.get("exits"), None);
+        assert!(
+            c.notes.iter().any(|n| n.contains("not guessing")),
+            "{:?}",
+            c.notes
+        );
+
+        // No debugfs at all: the VM stats, and why the vCPU stats are missing.
+        let cfg = Config {
+            debugfs_root: d.path().join("none"),
+            ..cfg
+        };
+        let c = guest_counters(&cfg, &g).unwrap();
+        assert_eq!(c.values.get("remote_tlb_flush"), Some(&9));
+        assert!(
+            c.notes
+                .iter()
+                .any(|n| n.contains("come only from debugfs") && n.contains("not mounted")),
+            "{:?}",
+            c.notes
+        );
     }
 
     #[test]

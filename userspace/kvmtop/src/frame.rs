@@ -87,6 +87,13 @@ pub struct Row {
     pub memory_bytes: Option<u64>,
     /// Where the KVM counters came from (`null` when unreadable).
     pub stats_source: Option<Source>,
+    /// Where `exits` came from: on a registry kernel the VM's stats file
+    /// has no vCPU stats, so this is debugfs (or `null` and a note).
+    pub exits_source: Option<Source>,
+    /// Where the halt-poll counters came from.
+    pub halt_poll_source: Option<Source>,
+    /// Notes of the counter reading (e.g. why vCPU stats are missing).
+    pub stats_notes: Vec<String>,
     /// Why the KVM counters could not be read.
     pub stats_error: Option<String>,
     #[serde(skip)]
@@ -180,12 +187,25 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Guest) -> Row {
             Some(Ok(c)) => Some(c.source),
             _ => None,
         },
+        exits_source: counter_source(counters, "exits"),
+        halt_poll_source: counter_source(counters, "halt_attempted_poll"),
+        stats_notes: match counters {
+            Some(Ok(c)) => c.notes.clone(),
+            _ => Vec::new(),
+        },
         stats_error: match counters {
             Some(Ok(_)) => None,
             Some(Err(e)) => Some(e.clone()),
             None => Some("not read".into()),
         },
         guest: g.clone(),
+    }
+}
+
+fn counter_source(c: Option<&Result<Counters, String>>, name: &str) -> Option<Source> {
+    match c {
+        Some(Ok(c)) => c.sources.get(name).copied(),
+        _ => None,
     }
 }
 

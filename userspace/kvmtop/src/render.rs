@@ -195,6 +195,9 @@ mod tests {
             halt_poll_ratio: Some(0.5),
             memory_bytes: Some(1 << 30),
             stats_source: None,
+            exits_source: None,
+            halt_poll_source: None,
+            stats_notes: Vec::new(),
             stats_error: None,
             guest: g,
         };

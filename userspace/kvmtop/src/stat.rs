@@ -4,7 +4,7 @@ use crate::cli::BatchArgs;
 use crate::frame::counter_rates;
 use crate::guests;
 use crate::out::emit;
-use kvmreg::{Config, Guest};
+use kvmreg::{Config, Guest, Source};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -14,6 +14,8 @@ pub struct StatLine {
     pub name: String,
     pub total: u64,
     pub per_s: f64,
+    /// Where this counter came from (`proc-kvm`, `debugfs`, `stats-fd`).
+    pub source: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -24,10 +26,17 @@ pub struct StatFrame {
     pub source: String,
     pub interval_s: f64,
     pub stats: Vec<StatLine>,
+    /// What could not be read, e.g. why vCPU stats are missing.
+    pub notes: Vec<String>,
 }
 
 /// Lines sorted like kvm_stat: busiest first, then by total, then name.
-pub fn lines(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>, secs: f64) -> Vec<StatLine> {
+pub fn lines(
+    a: &BTreeMap<String, u64>,
+    b: &BTreeMap<String, u64>,
+    sources: &BTreeMap<String, Source>,
+    secs: f64,
+) -> Vec<StatLine> {
     let rates = counter_rates(a, b, secs);
     let mut v: Vec<StatLine> = b
         .iter()
@@ -35,6 +44,7 @@ pub fn lines(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>, secs: f64) ->
             name: k.clone(),
             total: *t,
             per_s: rates.get(k).copied().unwrap_or(0.0),
+            source: sources.get(k).map_or("-".into(), Source::to_string),
         })
         .collect();
     v.sort_by(|x, y| {
@@ -48,7 +58,7 @@ pub fn lines(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>, secs: f64) ->
 
 pub fn text(f: &StatFrame) -> String {
     let mut s = format!(
-        "kvmtop stat - guest {} (id {}, pid {})  source: {}  interval: {:.2}s\n\n{:<36} {:>16} {:>12}\n",
+        "kvmtop stat - guest {} (id {}, pid {})  source: {}  interval: {:.2}s\n\n{:<36} {:>16} {:>12}  {}\n",
         f.guest,
         f.id.map_or("-".into(), |i| i.to_string()),
         f.pid,
@@ -56,13 +66,17 @@ pub fn text(f: &StatFrame) -> String {
         f.interval_s,
         "EVENT",
         "TOTAL",
-        "PER SEC"
+        "PER SEC",
+        "SOURCE"
     );
     for l in &f.stats {
         s.push_str(&format!(
-            "{:<36} {:>16} {:>12.1}\n",
-            l.name, l.total, l.per_s
+            "{:<36} {:>16} {:>12.1}  {}\n",
+            l.name, l.total, l.per_s, l.source
         ));
+    }
+    for n in &f.notes {
+        s.push_str(&format!("note: {n}\n"));
     }
     s
 }
@@ -99,8 +113,10 @@ pub fn run(cfg: &Config, wanted: Option<&str>, args: &BatchArgs) -> anyhow::Resu
             stats: lines(
                 &prev.values,
                 &cur.values,
+                &cur.sources,
                 now.duration_since(at).as_secs_f64(),
             ),
+            notes: cur.notes.clone(),
         };
         let t = if args.json {
             format!("{}\n", serde_json::to_string(&f)?)
@@ -127,13 +143,15 @@ mod tests {
         };
         let a = m(&[("exits", 10), ("halt_exits", 0), ("pages_4k", 500)]);
         let b = m(&[("exits", 30), ("halt_exits", 5), ("pages_4k", 500)]);
-        let l = lines(&a, &b, 1.0);
+        let src: BTreeMap<String, Source> = [("exits".to_string(), Source::Debugfs)].into();
+        let l = lines(&a, &b, &src, 1.0);
         assert_eq!(
             l[0],
             StatLine {
                 name: "exits".into(),
                 total: 30,
-                per_s: 20.0
+                per_s: 20.0,
+                source: "debugfs".into()
             }
         );
         assert_eq!(l[1].name, "halt_exits");
@@ -144,8 +162,10 @@ mod tests {
             pid: 1,
             source: "debugfs".into(),
             interval_s: 1.0,
-            stats: l
+            stats: l,
+            notes: vec!["a note".into()],
         })
-        .contains("exits"));
+        .lines()
+        .any(|l| l.starts_with("exits ") && l.ends_with("  debugfs")));
     }
 }

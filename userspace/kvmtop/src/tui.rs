@@ -503,6 +503,9 @@ mod tests {
             halt_poll_ratio: None,
             memory_bytes: Some(64 << 20),
             stats_source: None,
+            exits_source: None,
+            halt_poll_source: None,
+            stats_notes: Vec::new(),
             stats_error: None,
             guest: g,
         }

@@ -120,6 +120,101 @@ fn batch_rows_show_exits_where_stats_are_readable() {
     assert_eq!(frames[1]["backend"], "proc-kvm");
 }
 
+/// A registry kernel's stats file holds only the VM's stats; exits and
+/// halt polling (vCPU stats) come from debugfs, matched by pid and VM fd.
+#[test]
+fn registry_rows_take_vcpu_counters_from_debugfs() {
+    let d = TempDir::new("batch-dbg");
+    fake_registry_vm(&d, 10, 3, "web", 5);
+    fake_registry_vm(&d, 20, 4, "db", 7);
+    for (pid, id) in [(10, 3), (20, 4)] {
+        // Real VM stats: no exits.
+        let stats = kvmreg::stats::encode("kvm", 48, &[("remote_tlb_flush", 0, &[3])]);
+        d.write(&format!("{pid}/kvm/{id}/stats"), stats);
+    }
+    d.symlink("10/fd/6", "anon_inode:kvm-vm");
+    d.write("10/fdinfo/6", "pos:\t0\nkvm_vm_id:\t3\n");
+    d.write("debugfs/kvm/10-6/exits", "1234\n");
+    d.write("debugfs/kvm/10-6/halt_attempted_poll", "10\n");
+    d.write("debugfs/kvm/10-6/halt_successful_poll", "5\n");
+    d.write("debugfs/kvm/10-9/exits", "1\n"); // not web's fd
+    d.write("stat", "cpu  1 0 1 10 0 0 0 0 0 0\n");
+    let dbg = d.0.join("debugfs");
+    let dbg = dbg.to_str().expect("utf-8");
+    let o = run(&[
+        "-b",
+        "-n",
+        "2",
+        "-d",
+        "0.1",
+        "--json",
+        "--proc-root",
+        d.path(),
+        "--debugfs-root",
+        dbg,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let f: Value = serde_json::from_str(out.lines().nth(1).expect("2 frames")).expect("JSON");
+    let row = |name: &str| {
+        f["guests"]
+            .as_array()
+            .expect("guests")
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {f:#}"))
+            .clone()
+    };
+    let web = row("web");
+    assert_eq!(web["stats_source"], "proc-kvm", "{web:#}");
+    assert_eq!(web["exits_per_s"], 0.0, "{web:#}");
+    assert_eq!(web["exits_source"], "debugfs", "{web:#}");
+    assert_eq!(web["halt_poll_source"], "debugfs", "{web:#}");
+    // db (pid 20) has no debugfs directory: its row says why exits are
+    // missing.
+    let db = row("db");
+    assert_eq!(db["stats_source"], "proc-kvm", "{db:#}");
+    assert_eq!(db["exits_per_s"], Value::Null, "{db:#}");
+    assert_eq!(db["exits_source"], Value::Null, "{db:#}");
+    assert!(
+        db["stats_notes"]
+            .to_string()
+            .contains("come only from debugfs"),
+        "{db:#}"
+    );
+
+    // `stat` says per counter where it came from.
+    let o = run(&[
+        "stat",
+        "-b",
+        "-n",
+        "1",
+        "-d",
+        "0.1",
+        "-g",
+        "web",
+        "--proc-root",
+        d.path(),
+        "--debugfs-root",
+        dbg,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = String::from_utf8_lossy(&o.stdout);
+    let line = |name: &str| {
+        t.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{t}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(line("exits"), ["exits", "1234", "0.0", "debugfs"], "{t}");
+    assert_eq!(
+        line("remote_tlb_flush"),
+        ["remote_tlb_flush", "3", "0.0", "proc-kvm"],
+        "{t}"
+    );
+}
+
 #[test]
 fn name_writes_the_registry_name_file() {
     let d = TempDir::new("name");

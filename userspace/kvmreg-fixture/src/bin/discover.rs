@@ -2,7 +2,9 @@
 //!
 //! `--counters` adds each guest's stats counters and where they came from;
 //! `--sample-tid TID` (repeatable) tries to open perf sampling on those
-//! threads and reports the outcome (the error says what is missing).
+//! threads and reports the outcome (the error says what is missing);
+//! `--proc-root DIR` reads another proc tree (tests combine a fake registry
+//! tree with the real debugfs).
 //! A debugging aid and the probe the integration tests run under other
 //! users and mount namespaces; the user tool is to be `kvmtop`.
 
@@ -12,8 +14,18 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let counters = args.iter().any(|a| a == "--counters");
     let mut sample_tids = Vec::new();
+    let mut cfg = kvmreg::Config::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--proc-root" {
+            match it.next() {
+                Some(p) => cfg.proc_root = kvmreg::procfs::ProcRoot::new(p),
+                None => {
+                    eprintln!("kvmreg-discover: --proc-root needs a directory");
+                    std::process::exit(2);
+                }
+            }
+        }
         if a == "--sample-tid" {
             match it.next().and_then(|t| t.parse::<u32>().ok()) {
                 Some(t) => sample_tids.push(t),
@@ -24,7 +36,7 @@ fn main() {
             }
         }
     }
-    let d = kvmreg::discover();
+    let d = kvmreg::discover_with(&cfg);
     let mut v = match serde_json::to_value(&d) {
         Ok(v) => v,
         Err(e) => {
@@ -33,7 +45,6 @@ fn main() {
         }
     };
     if counters {
-        let cfg = kvmreg::Config::default();
         let list: Vec<Value> = d
             .guests
             .iter()

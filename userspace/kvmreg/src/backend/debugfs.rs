@@ -140,6 +140,75 @@ pub fn read_counters(dir: &Path) -> std::io::Result<Counters> {
     Ok(out)
 }
 
+/// Find a guest's VM directory under `<debugfs_root>/kvm`: `<pid>-<fd>`
+/// when the VM fd is known; without it, the only directory of the pid, and
+/// only if the process holds one VM (`vms_of_pid`). Otherwise an error in
+/// plain words: several VMs that cannot be told apart are not guessed.
+pub fn find_vm_dir(debugfs_root: &Path, g: &Guest, vms_of_pid: usize) -> Result<PathBuf, String> {
+    let vms = match scan_names(debugfs_root) {
+        Ok(v) => v,
+        Err(why) => return Err(why),
+    };
+    let mine: Vec<&(u32, i32, PathBuf)> = vms.iter().filter(|v| v.0 == g.pid).collect();
+    if let Some(fd) = g.vm_fd {
+        return mine
+            .iter()
+            .find(|v| v.1 == fd)
+            .map(|v| v.2.clone())
+            .ok_or_else(|| {
+                format!(
+                    "no {}/kvm/{}-{fd} (debugfs names the VM by the creating thread and the fd it got at creation)",
+                    debugfs_root.display(),
+                    g.pid
+                )
+            });
+    }
+    let names = || {
+        mine.iter()
+            .map(|v| format!("{}-{}", v.0, v.1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (mine.as_slice(), vms_of_pid) {
+        ([only], 0 | 1) => Ok(only.2.clone()),
+        ([], _) => Err(format!(
+            "no {}/kvm/{}-<fd> directory",
+            debugfs_root.display(),
+            g.pid
+        )),
+        _ => Err(format!(
+            "pid {} holds {} VMs and debugfs has {} of its directories ({}); this VM's fd is unknown, so they cannot be matched (not guessing)",
+            g.pid,
+            vms_of_pid.max(mine.len()),
+            mine.len(),
+            names()
+        )),
+    }
+}
+
+/// The `<pid>-<fd>` directories under `<debugfs_root>/kvm`, or why they
+/// cannot be listed.
+fn scan_names(debugfs_root: &Path) -> Result<Vec<(u32, i32, PathBuf)>, String> {
+    let kvm = debugfs_root.join("kvm");
+    let rd = fs::read_dir(&kvm).map_err(|e| {
+        let why = match classify(&e) {
+            Some(Skip::Gone) => "not mounted or KVM not loaded".to_string(),
+            Some(Skip::Denied) => "not readable (needs root)".to_string(),
+            None => e.to_string(),
+        };
+        format!("{}: {why}", kvm.display())
+    })?;
+    let mut out: Vec<(u32, i32, PathBuf)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let (pid, fd) = parse_dir_name(&e.file_name().to_string_lossy())?;
+            Some((pid, fd, e.path()))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// The debugfs directory of a guest found by the fd scan.
 pub fn vm_dir(debugfs_root: &Path, g: &Guest) -> Option<PathBuf> {
     let d = debugfs_root.join(format!("kvm/{}-{}", g.pid, g.vm_fd?));

@@ -60,6 +60,34 @@ struct VcpuFd {
     vm_id: Option<u64>,
 }
 
+/// The VM fds of one process with the `kvm_vm_id:` of each where fdinfo
+/// has it (patched kernel), sorted by fd. The registry backend uses it to
+/// learn a VM's fd, which names its debugfs directory.
+pub fn vm_fds(proc: &ProcRoot, pid: u32) -> Read<Vec<(i32, Option<u64>)>> {
+    let fds = match proc.list_numeric(format!("{pid}/fd")) {
+        Read::Ok(f) => f,
+        Read::Skip(s) => return Read::Skip(s),
+        Read::Err(e) => return Read::Err(e),
+    };
+    let mut out = Vec::new();
+    for fd in fds {
+        let Read::Ok(target) = proc.read_link(format!("{pid}/fd/{fd}")) else {
+            continue;
+        };
+        if classify_link(&target) != Some(KvmFd::Vm) {
+            continue;
+        }
+        let Ok(fd) = i32::try_from(fd) else { continue };
+        let id = proc
+            .read_string(format!("{pid}/fdinfo/{fd}"))
+            .ok()
+            .and_then(|t| fdinfo_ids(&t).0);
+        out.push((fd, id));
+    }
+    out.sort_unstable();
+    Read::Ok(out)
+}
+
 /// Scan one process. `Skip` when it is gone or closed to us.
 pub fn scan_pid(proc: &ProcRoot, pid: u32) -> Read<Vec<Guest>> {
     let fds = match proc.list_numeric(format!("{pid}/fd")) {
