@@ -34,25 +34,12 @@ pub enum Scan {
 
 /// List the VMs under `<debugfs_root>/kvm`.
 pub fn scan(debugfs_root: &Path) -> Scan {
-    let kvm = debugfs_root.join("kvm");
-    let rd = match fs::read_dir(&kvm) {
-        Ok(rd) => rd,
-        Err(e) => {
-            let why = match classify(&e) {
-                Some(Skip::Gone) => "not mounted or KVM not loaded".to_string(),
-                Some(Skip::Denied) => "not readable (needs root)".to_string(),
-                None => e.to_string(),
-            };
-            return Scan::Unavailable(format!("{}: {why}", kvm.display()));
-        }
+    let dirs = match scan_names(debugfs_root) {
+        Ok(d) => d,
+        Err(why) => return Scan::Unavailable(why),
     };
     let mut vms = Vec::new();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some((pid, fd)) = parse_dir_name(&name) else {
-            continue;
-        };
-        let dir = e.path();
+    for (pid, fd, dir) in dirs {
         let mut vcpus = Vec::new();
         if let Ok(sub) = fs::read_dir(&dir) {
             for v in sub.flatten() {
@@ -145,10 +132,7 @@ pub fn read_counters(dir: &Path) -> std::io::Result<Counters> {
 /// only if the process holds one VM (`vms_of_pid`). Otherwise an error in
 /// plain words: several VMs that cannot be told apart are not guessed.
 pub fn find_vm_dir(debugfs_root: &Path, g: &Guest, vms_of_pid: usize) -> Result<PathBuf, String> {
-    let vms = match scan_names(debugfs_root) {
-        Ok(v) => v,
-        Err(why) => return Err(why),
-    };
+    let vms = scan_names(debugfs_root)?;
     let mine: Vec<&(u32, i32, PathBuf)> = vms.iter().filter(|v| v.0 == g.pid).collect();
     if let Some(fd) = g.vm_fd {
         return mine
