@@ -68,6 +68,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "the main job: named fixture guests, a named qemu, /proc/kvm and kvmtop",
     ),
     (
+        "perf-bench",
+        "benchmark, not a test: cost of PERF_SAMPLE_GUEST_ID at a high sample rate (patched kernel)",
+    ),
+    (
         "lkdtm",
         "provokes a WARN and a KASAN report (debug kernel): proves splats fail the run",
     ),
@@ -110,6 +114,7 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
         match name.as_str() {
             "smoke" => runs.push(simple("smoke", payload("kvm-smoke")?, 60)),
             "canary" => runs.push(simple("canary", payload("tap-canary")?, 30)),
+            "perf-bench" => runs.push(simple("perf-bench", payload("perf-guest-id-bench")?, 120)),
             "kselftest" => runs.extend(kselftests(kernel)?),
             "lkdtm" => runs.push(script("lkdtm", "lkdtm.sh", 60)),
             "qemu-client" => runs.push(script("qemu-client", "qemu_client.sh", 120)),
