@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "libcap-dev",
     // The test VM, and the qemu that runs as a real KVM client inside it.
     "qemu-system-x86",
+    // kvmtop's tests/prometheus.rs: a real Prometheus scrapes `kvmtop serve`.
+    "prometheus",
 ];
 
 /// The pinned base source: Debian package name and exact version.
