@@ -9,6 +9,8 @@ echo "TAP version 13"
 echo "1..8"
 
 bin=$1
+# The project's binaries by name, as a user who installed them would type.
+PATH=$bin:$PATH
 n=0
 ok() { n=$((n + 1)); echo "ok $n $*"; }
 not_ok() { n=$((n + 1)); echo "not ok $n $*"; }
@@ -31,7 +33,7 @@ cleanup() { kill -9 $fixture $qemu 2>/dev/null; }
 trap cleanup EXIT
 
 # Three guests, two vCPUs each, busy about half of the time.
-"$bin/kvmreg-fixture" --guests web,db,batch --vcpus 2 --busy 50 \
+kvmreg-fixture --guests web,db,batch --vcpus 2 --busy 50 \
 	--out "$work/symbols" > "$work/fixture.out" &
 fixture=$!
 ready() { grep -qx ready "$work/fixture.out"; }
@@ -73,23 +75,23 @@ else
 fi
 
 if [ -x "$bin/kvmtop" ]; then
-	if show "$bin/kvmtop" list; then
+	if show kvmtop list; then
 		ok "kvmtop list"
 	else
 		not_ok "kvmtop list"
 	fi
 	# The same guests as an unpatched kernel would show them.
-	if show "$bin/kvmtop" --no-registry list; then
+	if show kvmtop --no-registry list; then
 		ok "kvmtop --no-registry list"
 	else
 		not_ok "kvmtop --no-registry list"
 	fi
-	if show "$bin/kvmtop" -b -n 2 -d 1; then
+	if show kvmtop -b -n 2 -d 1; then
 		ok "kvmtop -b -n 2"
 	else
 		not_ok "kvmtop -b -n 2"
 	fi
-	if show "$bin/kvmtop" profile -g web --guestmount "$work/symbols" \
+	if show kvmtop profile -g web --guestmount "$work/symbols" \
 		-b -n 1 -d 2; then
 		ok "kvmtop profile -g web"
 	else
