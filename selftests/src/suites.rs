@@ -60,6 +60,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "Debian's qemu shows up in /proc/kvm and is renamed through /proc (patched kernel)",
     ),
     (
+        "libvirt-hook",
+        "contrib/libvirt/qemu, run as libvirtd runs it, names real paused qemus (patched kernel)",
+    ),
+    (
         "rust",
         "the userspace crates' tests (kvmreg, fixture, kvmtop), on the kernel under test",
     ),
@@ -87,6 +91,7 @@ pub fn default_suites(tree: Tree, config: Config) -> Vec<String> {
     if tree == Tree::Patched {
         suites.push("qemu-client".into());
         if config == Config::Fast {
+            suites.push("libvirt-hook".into());
             suites.push("rust".into());
         }
     }
@@ -119,6 +124,12 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
             "lkdtm" => runs.push(script("lkdtm", "lkdtm.sh", 60)),
             "qemu-client" => runs.push(script("qemu-client", "qemu_client.sh", 120)),
             "rust" => runs.extend(rust_tests()?),
+            "libvirt-hook" => {
+                let mut run = script("libvirt-hook", "libvirt_hook.sh", 180);
+                let hook = crate::paths::repo_root().join("contrib/libvirt/qemu");
+                run.argv.push(hook.to_string_lossy().into_owned());
+                runs.push(run);
+            }
             "demo" => {
                 let mut run = script("demo", "demo.sh", 300);
                 let bins = payload("kvmreg-fixture")?;
