@@ -11,21 +11,9 @@ echo "1..8"
 bin=$1
 # The project's binaries by name, as a user who installed them would type.
 PATH=$bin:$PATH
-n=0
-ok() { n=$((n + 1)); echo "ok $n $*"; }
-not_ok() { n=$((n + 1)); echo "not ok $n $*"; }
-skip() { n=$((n + 1)); echo "ok $n $1 # SKIP $2"; }
+. "$(dirname "$0")/tap.sh"
 # show COMMAND...: prints the command as typed, then runs it.
 show() { echo; echo "\$ $*"; "$@"; }
-wait_for() {
-	tries=$(($1 * 10))
-	shift
-	while ! "$@"; do
-		tries=$((tries - 1))
-		[ "$tries" -gt 0 ] || return 1
-		sleep 0.1
-	done
-}
 
 work=/tmp/demo
 mkdir -p "$work/symbols"

@@ -9,14 +9,7 @@ echo "TAP version 13"
 echo "1..7"
 
 hook=$1
-n=0
-ok() { n=$((n + 1)); echo "ok $n $*"; }
-not_ok() { n=$((n + 1)); echo "not ok $n $*"; }
-check() {
-	desc=$1
-	shift
-	if "$@"; then ok "$desc"; else not_ok "$desc"; fi
-}
+. "$(dirname "$0")/tap.sh"
 
 rundir=/tmp/libvirt-run
 mkdir -p "$rundir"

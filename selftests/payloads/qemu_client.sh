@@ -8,24 +8,7 @@
 echo "TAP version 13"
 echo "1..9"
 
-n=0
-ok() { n=$((n + 1)); echo "ok $n $*"; }
-not_ok() { n=$((n + 1)); echo "not ok $n $*"; }
-check() { # check DESCRIPTION COMMAND...
-	desc=$1
-	shift
-	if "$@"; then ok "$desc"; else not_ok "$desc"; fi
-}
-# wait_for SECONDS COMMAND...: polls COMMAND every 0.1 s.
-wait_for() {
-	tries=$(($1 * 10))
-	shift
-	while ! "$@"; do
-		tries=$((tries - 1))
-		[ "$tries" -gt 0 ] || return 1
-		sleep 0.1
-	done
-}
+. "$(dirname "$0")/tap.sh"
 
 qemu=$(command -v qemu-system-x86_64)
 if [ -z "$qemu" ] || [ ! -e /dev/kvm ] || [ ! -d /proc/kvm ]; then
