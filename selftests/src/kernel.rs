@@ -98,6 +98,18 @@ pub struct Kernel {
 }
 
 impl BuildSpec {
+    /// The kernel a run boots. The fast kernel has KVM as a module (what
+    /// distributions ship, and what `check-series` builds patch by patch,
+    /// which catches missing exports); the debug kernel has it built in
+    /// (init order, symbol clashes), so every run builds and boots both.
+    pub fn for_run(tree: Tree, config: Config) -> Self {
+        let kvm = match config {
+            Config::Fast => KvmMode::Module,
+            Config::Debug => KvmMode::BuiltIn,
+        };
+        Self { tree, config, kvm }
+    }
+
     fn dir_name(self) -> String {
         let mut name = format!("{}-{}", self.tree.name(), self.config.name());
         if self.kvm == KvmMode::BuiltIn {
@@ -165,6 +177,7 @@ pub fn ensure_base_tree() -> Result<BasePin> {
         return Ok(pin);
     }
     eprintln!("kernel: extracting {want} into {}", tree.display());
+    let started = std::time::Instant::now();
     for dir in [tree.clone(), paths::patched_tree()] {
         if dir.exists() {
             fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
@@ -191,14 +204,37 @@ pub fn ensure_base_tree() -> Result<BasePin> {
     )?;
     cmd::run(git(&tree).args(["tag", "-f", "base"]))?;
     fs::write(&stamp, &want)?;
+    eprintln!(
+        "kernel: base tree ready in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(pin)
+}
+
+fn patched_tree_stamp() -> PathBuf {
+    paths::build_dir().join("linux-patched.series")
 }
 
 /// Makes sure `linux-patched/` is `base` plus exactly `series`.
 pub fn ensure_patched_tree(series: &Series) -> Result<()> {
     let tree = paths::patched_tree();
-    let stamp = paths::build_dir().join("linux-patched.series");
     let want = series.hash();
+    if tree.join(".git").exists()
+        && fs::read_to_string(patched_tree_stamp()).ok().as_deref() == Some(want.as_str())
+    {
+        return Ok(());
+    }
+    reset_patched_tree()?;
+    series.apply(&tree, None)?;
+    mark_patched_tree(series)
+}
+
+/// Resets `linux-patched/` to `base` (creating the worktree if needed) and
+/// forgets which series it held, for `check-series` to apply patch by patch.
+pub fn reset_patched_tree() -> Result<PathBuf> {
+    ensure_base_tree()?;
+    let tree = paths::patched_tree();
+    let _ = fs::remove_file(patched_tree_stamp());
     if !tree.join(".git").exists() {
         cmd::run(
             git(&paths::base_tree())
@@ -206,16 +242,23 @@ pub fn ensure_patched_tree(series: &Series) -> Result<()> {
                 .arg(&tree)
                 .arg("base"),
         )?;
-    } else if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
-        return Ok(());
     }
-    let _ = fs::remove_file(&stamp);
     let _ = cmd::capture(git(&tree).args(["am", "--abort"]));
     cmd::run(git(&tree).args(["checkout", "-q", "-f", "--detach", "base"]))?;
     cmd::run(git(&tree).args(["clean", "-q", "-f", "-d", "-x"]))?;
-    series.apply(&tree, None)?;
-    fs::write(&stamp, &want)?;
+    Ok(tree)
+}
+
+/// Records that `linux-patched/` now holds exactly `series`.
+pub fn mark_patched_tree(series: &Series) -> Result<()> {
+    fs::write(patched_tree_stamp(), series.hash())?;
     Ok(())
+}
+
+/// Forgets the finished build of `spec`, for a caller about to change its
+/// `O=` directory; the next [`build`] continues incrementally from there.
+pub fn invalidate(spec: BuildSpec) {
+    let _ = fs::remove_file(spec.out_dir().join("kernel.json"));
 }
 
 fn cache_key(spec: BuildSpec, pin: &BasePin, series: &Series) -> Result<String> {
@@ -235,25 +278,60 @@ fn cache_key(spec: BuildSpec, pin: &BasePin, series: &Series) -> Result<String> 
         h.update(series.hash());
     }
     if let Some(list) = kselftest_list()? {
-        h.update(list.join("\n"));
+        for t in list {
+            h.update(format!("{} {:?}\n", t.name, t.configs));
+        }
     }
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Names of the kselftests to build, from `kernel-patch/selftests.txt`.
-pub fn kselftest_list() -> Result<Option<Vec<String>>> {
+/// One line of `kernel-patch/selftests.txt`: a test, relative to
+/// `selftests/kvm`, and the configs it runs on (every config when none is
+/// named).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kselftest {
+    pub name: String,
+    pub configs: Vec<Config>,
+}
+
+impl Kselftest {
+    pub fn runs_on(&self, config: Config) -> bool {
+        self.configs.is_empty() || self.configs.contains(&config)
+    }
+}
+
+/// The kselftests to build and run, from `kernel-patch/selftests.txt`.
+pub fn kselftest_list() -> Result<Option<Vec<Kselftest>>> {
     let path = paths::kernel_patch_dir().join("selftests.txt");
     if !path.exists() {
         return Ok(None);
     }
     let text = fs::read_to_string(&path)?;
-    Ok(Some(
-        text.lines()
-            .map(|l| l.split('#').next().unwrap_or("").trim())
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect(),
-    ))
+    parse_kselftest_list(&text)
+        .map(Some)
+        .with_context(|| format!("in {}", path.display()))
+}
+
+fn parse_kselftest_list(text: &str) -> Result<Vec<Kselftest>> {
+    let mut tests = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut words = line.split('#').next().unwrap_or("").split_whitespace();
+        let Some(name) = words.next() else {
+            continue;
+        };
+        let configs = words
+            .map(|w| match w {
+                "fast" => Ok(Config::Fast),
+                "debug" => Ok(Config::Debug),
+                _ => bail!("line {}: unknown config {w:?} (fast or debug)", n + 1),
+            })
+            .collect::<Result<_>>()?;
+        tests.push(Kselftest {
+            name: name.to_string(),
+            configs,
+        });
+    }
+    Ok(tests)
 }
 
 fn make(tree: &Path, out: &Path) -> Command {
@@ -347,6 +425,7 @@ pub fn build(spec: BuildSpec) -> Result<Kernel> {
         }
     };
     eprintln!("kernel: building {} in {}", spec.dir_name(), out.display());
+    let started = std::time::Instant::now();
     configure(&tree, &out, spec)?;
     cmd::run(
         make(&tree, &out)
@@ -360,7 +439,13 @@ pub fn build(spec: BuildSpec) -> Result<Kernel> {
     if spec.kvm == KvmMode::Module && !modules.iter().any(|m| m.ends_with("kvm.ko")) {
         bail!("the build did not produce kvm.ko although KVM is a module");
     }
+    let built = started.elapsed().as_secs_f64();
     let kselftests = build_kselftests(&tree, &out)?;
+    eprintln!(
+        "kernel: {} built in {built:.0} s, its kselftests in {:.0} s",
+        spec.dir_name(),
+        started.elapsed().as_secs_f64() - built
+    );
     let kernel = Kernel {
         key,
         tree: spec.tree,
@@ -444,7 +529,7 @@ fn build_kselftests(tree: &Path, out: &Path) -> Result<Vec<(String, PathBuf)>> {
     let src = tree.join("tools/testing/selftests/kvm");
     let mut built = Vec::new();
     let mut targets = Vec::new();
-    for name in &list {
+    for name in list.iter().map(|t| &t.name) {
         if src.join(format!("{name}.c")).exists() {
             targets.push(ksft_out.join(name));
             built.push((name.clone(), ksft_out.join(name)));
@@ -469,4 +554,27 @@ fn build_kselftests(tree: &Path, out: &Path) -> Result<Vec<(String, PathBuf)>> {
             .args(&targets),
     )?;
     Ok(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selftest_lines_name_their_configs() {
+        let list = parse_kselftest_list(
+            "# comment\nproc_kvm_test\n\nset_memory_region_test fast # slow\nx debug fast\n",
+        )
+        .unwrap();
+        assert_eq!(list.len(), 3);
+        assert!(list[0].runs_on(Config::Fast) && list[0].runs_on(Config::Debug));
+        assert!(list[1].runs_on(Config::Fast) && !list[1].runs_on(Config::Debug));
+        assert_eq!(list[2].configs, [Config::Debug, Config::Fast]);
+    }
+
+    #[test]
+    fn unknown_config_is_an_error_with_its_line() {
+        let e = parse_kselftest_list("a\nb kasan\n").unwrap_err();
+        assert!(format!("{e:#}").contains("line 2: unknown config \"kasan\""));
+    }
 }

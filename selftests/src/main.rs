@@ -17,7 +17,7 @@ mod tap;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use kernel::{BuildSpec, Config, KvmMode, Tree};
+use kernel::{BuildSpec, Config, Tree};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -87,11 +87,8 @@ fn dispatch(cmd: Cmd) -> Result<bool> {
     match cmd {
         Cmd::Deps => deps::run().map(|_| true),
         Cmd::Kernel { config, base } => {
-            let k = kernel::build(BuildSpec {
-                tree: if base { Tree::Base } else { Tree::Patched },
-                config,
-                kvm: KvmMode::Module,
-            })?;
+            let tree = if base { Tree::Base } else { Tree::Patched };
+            let k = kernel::build(BuildSpec::for_run(tree, config))?;
             println!("{}", k.bzimage.display());
             Ok(true)
         }

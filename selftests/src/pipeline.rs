@@ -1,7 +1,7 @@
 //! The composite jobs: `run` (build payloads + kernel, boot), `test`
 //! (everything CI runs) and `demo`.
 
-use crate::kernel::{self, BuildSpec, Config, KvmMode, Tree};
+use crate::kernel::{self, BuildSpec, Config, Tree};
 use crate::qemu::{self, RunResult};
 use crate::series::Series;
 use crate::suites::{self, Plan};
@@ -23,11 +23,7 @@ fn build_payloads() -> Result<()> {
 
 pub fn run_suites(config: Config, tree: Tree, names: &[String], quiet: bool) -> Result<RunResult> {
     build_payloads()?;
-    let kernel = kernel::build(BuildSpec {
-        tree,
-        config,
-        kvm: KvmMode::Module,
-    })?;
+    let kernel = kernel::build(BuildSpec::for_run(tree, config))?;
     let plan = Plan {
         out_dir: Default::default(),
         modules: Vec::new(),

@@ -232,7 +232,11 @@ fn kselftests(kernel: &Kernel) -> Result<Vec<SuiteRun>> {
         return Ok(Vec::new());
     };
     let mut runs = Vec::new();
-    for name in list {
+    for name in list
+        .into_iter()
+        .filter(|t| t.runs_on(kernel.config))
+        .map(|t| t.name)
+    {
         let suite = format!("kselftest/{name}");
         match kernel.kselftests.iter().find(|(n, _)| *n == name) {
             Some((_, path)) => runs.push(SuiteRun {
