@@ -6,7 +6,7 @@
 
 use crate::kernel::{Config, Kernel, Tree};
 use crate::tap::{self, Outcome, TestPoint};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -76,6 +76,14 @@ pub const KNOWN: &[(&str, &str)] = &[
         "benchmark, not a test: cost of PERF_SAMPLE_GUEST_ID at a high sample rate (patched kernel)",
     ),
     (
+        "bench-enum",
+        "benchmark, not a test: VM enumeration, /proc/kvm vs fd scan vs debugfs vs kvm_stat (patched kernel)",
+    ),
+    (
+        "bench-refresh",
+        "benchmark, not a test: CPU per refresh, kvmtop -b vs kvm_stat, 100 guests (patched kernel)",
+    ),
+    (
         "lkdtm",
         "provokes a WARN and a KASAN report (debug kernel): proves splats fail the run",
     ),
@@ -137,6 +145,22 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                 run.argv.push(bins.to_string_lossy().into_owned());
                 runs.push(run);
             }
+            "bench-enum" => {
+                let bins = release_bins()?;
+                let mut run = simple("bench-enum", bins.join("kvmreg-enum-bench"), 1200);
+                run.argv.push("--kvm-stat".into());
+                run.argv
+                    .push(kvm_stat(kernel).to_string_lossy().into_owned());
+                runs.push(run);
+            }
+            "bench-refresh" => {
+                let mut run = script("bench-refresh", "bench_refresh.sh", 900);
+                run.argv
+                    .push(release_bins()?.to_string_lossy().into_owned());
+                run.argv
+                    .push(kvm_stat(kernel).to_string_lossy().into_owned());
+                runs.push(run);
+            }
             other => {
                 let known: Vec<_> = KNOWN.iter().map(|(n, _)| *n).collect();
                 bail!(
@@ -147,6 +171,34 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
         }
     }
     Ok(runs)
+}
+
+/// Benchmarks time optimized code: builds the userspace binaries with
+/// `--release` and returns their directory.
+fn release_bins() -> Result<PathBuf> {
+    crate::cmd::run(
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(crate::paths::repo_root())
+            .args(["build", "--quiet", "--release"])
+            .args(["-p", "kvmreg-fixture", "-p", "kvmtop", "--bins"]),
+    )?;
+    // The harness runs from <target>/debug/; release binaries are in
+    // <target>/release/, wherever CARGO_TARGET_DIR put <target>.
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot tell cargo's target directory from the harness' path")?;
+    Ok(target.join("release"))
+}
+
+/// The upstream kvm_stat script of the tree under test.
+fn kvm_stat(kernel: &Kernel) -> PathBuf {
+    let tree = match kernel.tree {
+        Tree::Base => crate::paths::base_tree(),
+        Tree::Patched => crate::paths::patched_tree(),
+    };
+    tree.join("tools/kvm/kvm_stat/kvm_stat")
 }
 
 /// The userspace crates whose tests run inside the test VM: they must

@@ -1,0 +1,72 @@
+#!/bin/sh
+# Benchmark, not a test (`cargo xtask run bench-refresh`): the CPU time one
+# refresh costs kvmtop in batch mode and the upstream kvm_stat tool in its
+# logging mode, watching the same 100 fixture guests (one vCPU each, busy
+# 5% of the time, one process each). Both run for about the same number of
+# 1-second refreshes; CPU is user + system time from the kernel's rusage of
+# the process (GNU time), divided by the refreshes each printed.
+#
+# $1: directory of the project's (release) binaries; $2: kvm_stat script.
+echo "TAP version 13"
+echo "1..3"
+bin=$1
+kvm_stat=$2
+PATH=$bin:$PATH
+. "$(dirname "$0")/tap.sh"
+
+work=/tmp/bench-refresh
+mkdir -p "$work"
+cleanup() { kill $fixture 2>/dev/null; wait $fixture 2>/dev/null; }
+trap cleanup EXIT
+[ -d /sys/kernel/debug/kvm ] || mount -t debugfs debugfs /sys/kernel/debug
+
+names=$(seq -s, -f 'g%g' 1 100)
+kvmreg-fixture --guests "$names" --vcpus 1 --busy 5 > "$work/fixture.out" &
+fixture=$!
+ready() { grep -qx ready "$work/fixture.out"; }
+if wait_for 300 ready; then
+	ok "100 fixture guests started"
+else
+	not_ok "100 fixture guests started within 300 s"
+	exit 1
+fi
+sleep 2
+
+refreshes=11
+# %U %S: user and system seconds of the command (rusage, children included).
+/usr/bin/time -f "%U %S" -o "$work/kvmtop.time" \
+	kvmtop -b -n $refreshes -d 1 > "$work/kvmtop.out" 2> "$work/kvmtop.err"
+frames=$(grep -c '^kvmtop - ' "$work/kvmtop.out")
+if [ "$frames" -eq $refreshes ] &&
+	grep -q "guests: 10[0-9]" "$work/kvmtop.out"; then
+	ok "kvmtop printed $frames frames of the 100 guests"
+else
+	not_ok "kvmtop printed $frames frames of the 100 guests"
+	sed 's/^/# /' "$work/kvmtop.err" | head -n 20
+fi
+
+# kvm_stat's log mode (-l) prints a header, then one line per interval
+# (-s 1); -d reads debugfs (this kernel has no tracefs). SIGINT ends it.
+/usr/bin/time -f "%U %S" -o "$work/kvm_stat.time" \
+	timeout -s INT $((refreshes + 1)) python3 "$kvm_stat" -d -l -s 1 \
+	> "$work/kvm_stat.out" 2> "$work/kvm_stat.err"
+lines=$(grep -c '^ *[0-9]' "$work/kvm_stat.out")
+if [ "$lines" -ge 5 ]; then
+	ok "kvm_stat printed $lines refreshes"
+else
+	not_ok "kvm_stat printed $lines refreshes"
+	sed 's/^/# /' "$work/kvm_stat.err" | head -n 20
+fi
+
+awk -v kt="$(cat "$work/kvmtop.time")" -v kf="$frames" \
+	-v st="$(cat "$work/kvm_stat.time")" -v sf="$lines" 'BEGIN {
+	split(kt, a, " "); split(st, b, " ");
+	k = (a[1] + a[2]) / kf; s = (b[1] + b[2]) / sf;
+	printf "# kvmtop -b -d 1:   %.1f ms CPU per refresh (%.2f%% of a core at 1 Hz), %d refreshes\n", k * 1000, k * 100, kf;
+	printf "# kvm_stat -d -l:   %.1f ms CPU per refresh (%.2f%% of a core at 1 Hz), %d refreshes\n", s * 1000, s * 100, sf;
+	if (k > 0) printf "# kvm_stat / kvmtop: %.1fx (goal: >= 10x; kvmtop goal: <= 1%% of a core)\n", s / k;
+}'
+echo "# first kvmtop frame:"
+sed -n '1,8p' "$work/kvmtop.out" | sed 's/^/#   /'
+echo "# last kvm_stat lines:"
+tail -n 3 "$work/kvm_stat.out" | cut -c1-150 | sed 's/^/#   /'
