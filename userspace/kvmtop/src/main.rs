@@ -15,6 +15,7 @@ mod render;
 mod sampling;
 mod serve;
 mod stat;
+mod term;
 mod tui;
 
 use clap::Parser;
