@@ -338,8 +338,8 @@ fn start_profile(app: &mut App, g: &Guest, syms: &SymbolArgs) -> Option<Profiler
     }
 }
 
-/// The live overview.
-pub fn run(cfg: &Config, args: &BatchArgs) -> anyhow::Result<()> {
+/// The live overview; `syms` name the functions of the profile Enter opens.
+pub fn run(cfg: &Config, args: &BatchArgs, syms: &SymbolArgs) -> anyhow::Result<()> {
     let delay = args.delay()?;
     let (_guard, mut term) = term::terminal()?;
     let mut app = App::new();
@@ -347,7 +347,6 @@ pub fn run(cfg: &Config, args: &BatchArgs) -> anyhow::Result<()> {
     let mut prev = frame::read(cfg);
     sampler.follow(&prev.guests);
     let mut profiler: Option<Profiler> = None;
-    let syms = SymbolArgs::default();
     term.draw(|f| draw(f, &app))?;
     let mut frames = 0u64;
     let mut next = Instant::now() + Duration::from_millis(300).min(delay);
@@ -355,7 +354,7 @@ pub fn run(cfg: &Config, args: &BatchArgs) -> anyhow::Result<()> {
         match keys_until(&mut app, &mut term, next)? {
             Action::Quit => return Ok(()),
             Action::OpenProfile(g) => {
-                profiler = start_profile(&mut app, &g, &syms);
+                profiler = start_profile(&mut app, &g, syms);
                 term.draw(|f| draw(f, &app))?;
                 continue;
             }
