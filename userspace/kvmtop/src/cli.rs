@@ -11,7 +11,8 @@ Examples:
   kvmtop list --json              the same for scripts
   kvmtop -b -n 3 -d 1             three text frames, one per second, like top -b
   kvmtop -b -n 1 --json           one JSON frame
-  kvmtop stat -g web -b -n 5      one guest's KVM stats as rates
+  kvmtop stat -g web              one guest's KVM stats full-screen, busiest first
+  kvmtop stat -g web -b -n 5      the same as five text frames
   kvmtop profile -g web --guestmount /srv/guest-syms
   kvmtop --guestmount /srv/guest-syms   live view; Enter profiles with these symbols
   kvmtop name 1234 web            rename a guest (registry kernel)
@@ -86,7 +87,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// One guest's KVM binary stats as rates per second (like kvm_stat for one guest).
+    /// One guest's KVM stats as totals and rates per second (like kvm_stat for one guest):
+    /// full-screen on a terminal, text or JSON frames with -b.
     Stat {
         #[command(flatten)]
         guest: GuestArg,
