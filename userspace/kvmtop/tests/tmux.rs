@@ -36,16 +36,19 @@ fn tmux_present(test: &str) -> bool {
 }
 
 /// A tmux server of its own (`tmux -L kvmtop-test-<pid>-<tag>`), killed on
-/// drop however the test ends.
+/// drop however the test ends, its socket file removed.
 struct Tmux {
     socket: String,
+    /// The socket's path, once the server said it.
+    socket_path: Option<PathBuf>,
 }
 
 impl Tmux {
     /// A detached `w` x `h` session running `shell` (an `sh -c` line).
     fn start(tag: &str, w: u16, h: u16, shell: &str) -> Tmux {
-        let t = Tmux {
+        let mut t = Tmux {
             socket: format!("kvmtop-test-{}-{tag}", std::process::id()),
+            socket_path: None,
         };
         let (w, h) = (w.to_string(), h.to_string());
         let o = t.run(&[
@@ -64,6 +67,8 @@ impl Tmux {
             "tmux new-session failed: {}",
             String::from_utf8_lossy(&o.stderr)
         );
+        let p = t.format("#{socket_path}");
+        t.socket_path = (!p.is_empty()).then(|| PathBuf::from(p));
         t
     }
 
@@ -179,6 +184,10 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.run(&["kill-server"]);
+        // tmux leaves the socket file behind.
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
