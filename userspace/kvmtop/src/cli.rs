@@ -11,8 +11,10 @@ Examples:
   kvmtop list --json              the same for scripts
   kvmtop -b -n 3 -d 1             three text frames, one per second, like top -b
   kvmtop -b -n 1 --json           one JSON frame
-  kvmtop stat -g web -b -n 5      one guest's KVM stats as rates
+  kvmtop stat -g web              one guest's KVM stats full-screen, busiest first
+  kvmtop stat -g web -b -n 5      the same as five text frames
   kvmtop profile -g web --guestmount /srv/guest-syms
+  kvmtop --guestmount /srv/guest-syms   live view; Enter profiles with these symbols
   kvmtop name 1234 web            rename a guest (registry kernel)
   kvmtop serve --listen 127.0.0.1:9469
 ";
@@ -33,6 +35,9 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub batch: BatchArgs,
+    /// Symbols for the profile the live view opens on Enter.
+    #[command(flatten)]
+    pub syms: SymbolArgs,
     #[command(flatten)]
     pub roots: Roots,
 }
@@ -82,7 +87,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// One guest's KVM binary stats as rates per second (like kvm_stat for one guest).
+    /// One guest's KVM stats as totals and rates per second (like kvm_stat for one guest):
+    /// full-screen on a terminal, text or JSON frames with -b.
     Stat {
         #[command(flatten)]
         guest: GuestArg,
@@ -136,22 +142,43 @@ pub struct GuestArg {
     pub guest: Option<String>,
 }
 
-/// Guest symbol sources, as `perf kvm` takes them.
-#[derive(Args, Debug, Clone, Default)]
+const SYMBOLS: &str = "Guest symbols (profiles)";
+
+/// Guest symbol sources, as `perf kvm` takes them: for `kvmtop profile`
+/// and for the profile the live view opens on Enter.
+#[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct SymbolArgs {
     /// The guest's /proc/kallsyms (a copy).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = SYMBOLS)]
     pub guestkallsyms: Option<PathBuf>,
     /// The guest's /proc/modules (a copy).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = SYMBOLS)]
     pub guestmodules: Option<PathBuf>,
     /// The guest kernel's vmlinux (ELF symbols, DWARF lines).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = SYMBOLS)]
     pub guestvmlinux: Option<PathBuf>,
     /// A directory with one subdirectory per guest name (or pid) holding
     /// kallsyms, modules, vmlinux and build-id.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = SYMBOLS)]
     pub guestmount: Option<PathBuf>,
+}
+
+impl SymbolArgs {
+    /// No symbol option given.
+    pub fn is_empty(&self) -> bool {
+        *self == SymbolArgs::default()
+    }
+
+    /// Each option from `self`, else from `other`: `kvmtop --guestmount D
+    /// profile` works like `kvmtop profile --guestmount D`.
+    pub fn or(&self, other: &SymbolArgs) -> SymbolArgs {
+        SymbolArgs {
+            guestkallsyms: self.guestkallsyms.clone().or(other.guestkallsyms.clone()),
+            guestmodules: self.guestmodules.clone().or(other.guestmodules.clone()),
+            guestvmlinux: self.guestvmlinux.clone().or(other.guestvmlinux.clone()),
+            guestmount: self.guestmount.clone().or(other.guestmount.clone()),
+        }
+    }
 }
 
 impl BatchArgs {
@@ -171,6 +198,7 @@ impl BatchArgs {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::path::Path;
 
     #[test]
     fn definition_is_consistent() {
@@ -185,6 +213,52 @@ mod tests {
         assert_eq!(c.batch.delay().unwrap().as_millis(), 500);
         let bad = Cli::try_parse_from(["kvmtop", "-d", "-1"]);
         assert!(bad.is_err() || bad.unwrap().batch.delay().is_err());
+    }
+
+    #[test]
+    fn the_live_view_takes_the_profile_symbol_options() {
+        let c = Cli::try_parse_from([
+            "kvmtop",
+            "-d",
+            "0.5",
+            "--guestkallsyms",
+            "/k",
+            "--guestmodules",
+            "/m",
+            "--guestvmlinux",
+            "/v",
+            "--guestmount",
+            "/g",
+        ])
+        .unwrap();
+        assert!(c.command.is_none());
+        assert_eq!(c.syms.guestkallsyms.as_deref(), Some(Path::new("/k")));
+        assert_eq!(c.syms.guestmodules.as_deref(), Some(Path::new("/m")));
+        assert_eq!(c.syms.guestvmlinux.as_deref(), Some(Path::new("/v")));
+        assert_eq!(c.syms.guestmount.as_deref(), Some(Path::new("/g")));
+        assert!(!c.syms.is_empty());
+        assert!(Cli::try_parse_from(["kvmtop"]).unwrap().syms.is_empty());
+        // Given before `profile`, they still reach it; its own win.
+        let c = Cli::try_parse_from([
+            "kvmtop",
+            "--guestmount",
+            "/g",
+            "--guestvmlinux",
+            "/top",
+            "profile",
+            "--guestvmlinux",
+            "/sub",
+        ])
+        .unwrap();
+        match c.command {
+            Some(Command::Profile { syms, .. }) => {
+                let m = syms.or(&c.syms);
+                assert_eq!(m.guestvmlinux.as_deref(), Some(Path::new("/sub")));
+                assert_eq!(m.guestmount.as_deref(), Some(Path::new("/g")));
+                assert_eq!(m.guestkallsyms, None);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
     }
 
     #[test]

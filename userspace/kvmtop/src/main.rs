@@ -15,6 +15,7 @@ mod render;
 mod sampling;
 mod serve;
 mod stat;
+mod term;
 mod tui;
 
 use clap::Parser;
@@ -30,11 +31,30 @@ fn config(c: &Cli) -> kvmreg::Config {
     }
 }
 
+/// The symbol options before any subcommand are for the live view's
+/// profile (and `profile`); elsewhere they would be silently unused.
+fn check_symbol_options(c: &Cli) -> anyhow::Result<()> {
+    let unused = match &c.command {
+        None => c.batch.batch.then_some("batch mode (-b)"),
+        Some(Command::Profile { .. }) => None,
+        Some(_) => Some("this subcommand"),
+    };
+    match unused {
+        Some(what) if !c.syms.is_empty() => anyhow::bail!(
+            "--guestkallsyms, --guestmodules, --guestvmlinux and --guestmount are for \
+profiles: {what} has none. Leave them out, or use them with the live view (kvmtop \
+--guestmount DIR, then Enter on a guest) or with kvmtop profile"
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn run(c: Cli) -> anyhow::Result<()> {
+    check_symbol_options(&c)?;
     let cfg = config(&c);
     match c.command {
         None if c.batch.batch => batch::run(&cfg, &c.batch),
-        None => tui::run(&cfg, &c.batch),
+        None => tui::run(&cfg, &c.batch, &c.syms),
         Some(Command::List { json }) => list::run(&cfg, json || c.batch.json),
         Some(Command::Stat { guest, batch }) => stat::run(&cfg, guest.guest.as_deref(), &batch),
         Some(Command::Profile {
@@ -42,7 +62,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
             syms,
             batch,
             top,
-        }) => profile::run(&cfg, guest.guest.as_deref(), &syms, &batch, top),
+        }) => profile::run(&cfg, guest.guest.as_deref(), &syms.or(&c.syms), &batch, top),
         Some(Command::Name { guest, new_name }) => name::run(&cfg, &guest, &new_name),
         Some(Command::Serve {
             listen,
@@ -68,5 +88,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(args: &[&str]) -> anyhow::Result<()> {
+        check_symbol_options(&Cli::try_parse_from(args).unwrap())
+    }
+
+    #[test]
+    fn top_level_symbol_options_only_where_a_profile_uses_them() {
+        assert!(check(&["kvmtop", "--guestkallsyms", "/k"]).is_ok());
+        assert!(check(&["kvmtop", "--guestmount", "/g", "profile"]).is_ok());
+        assert!(check(&["kvmtop", "list"]).is_ok());
+        assert!(check(&["kvmtop", "-b"]).is_ok());
+        let e = check(&["kvmtop", "-b", "--guestkallsyms", "/k"]).unwrap_err();
+        assert!(e.to_string().contains("batch mode (-b) has none"), "{e}");
+        let e = check(&["kvmtop", "--guestvmlinux", "/v", "list"]).unwrap_err();
+        assert!(e.to_string().contains("kvmtop profile"), "{e}");
     }
 }

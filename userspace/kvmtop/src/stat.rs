@@ -1,13 +1,25 @@
-//! `kvmtop stat`: one guest's KVM counters as rates, like `kvm_stat`.
+//! `kvmtop stat`: one guest's KVM counters as rates, like `kvm_stat`:
+//! a full-screen table on a terminal, text or JSON frames otherwise.
+//!
+//! The full-screen state ([`StatView`]) and its drawing ([`draw`]) are free
+//! of the terminal, so tests render into ratatui's `TestBackend`.
 
 use crate::cli::BatchArgs;
 use crate::frame::counter_rates;
 use crate::guests;
 use crate::out::emit;
+use crate::term::{self, Input};
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use kvmreg::discover::Counters;
 use kvmreg::{Config, Guest, Source};
+use ratatui::layout::{Alignment, Constraint, Layout};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Cell, Paragraph, Row, Table, Wrap};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct StatLine {
@@ -56,14 +68,22 @@ pub fn lines(
     v
 }
 
-pub fn text(f: &StatFrame) -> String {
-    let mut s = format!(
-        "kvmtop stat - guest {} (id {}, pid {})  source: {}  interval: {:.2}s\n\n{:<36} {:>16} {:>12}  {}\n",
+/// The first line of a frame, in the text and the full-screen view.
+fn title(f: &StatFrame) -> String {
+    format!(
+        "kvmtop stat - guest {} (id {}, pid {})  source: {}  interval: {:.2}s",
         f.guest,
         f.id.map_or("-".into(), |i| i.to_string()),
         f.pid,
         f.source,
         f.interval_s,
+    )
+}
+
+pub fn text(f: &StatFrame) -> String {
+    let mut s = format!(
+        "{}\n\n{:<36} {:>16} {:>12}  {}\n",
+        title(f),
         "EVENT",
         "TOTAL",
         "PER SEC",
@@ -81,7 +101,7 @@ pub fn text(f: &StatFrame) -> String {
     s
 }
 
-fn counters(cfg: &Config, g: &Guest) -> anyhow::Result<kvmreg::discover::Counters> {
+fn counters(cfg: &Config, g: &Guest) -> anyhow::Result<Counters> {
     kvmreg::guest_counters(cfg, g).map_err(|e| {
         anyhow::anyhow!(
             "cannot read the KVM stats of guest {} (pid {}): {e}",
@@ -91,12 +111,29 @@ fn counters(cfg: &Config, g: &Guest) -> anyhow::Result<kvmreg::discover::Counter
     })
 }
 
+/// The frame of the `secs` from reading `prev` to reading `cur`.
+fn stat_frame(g: &Guest, prev: &Counters, cur: &Counters, secs: f64) -> StatFrame {
+    StatFrame {
+        guest: g.label(),
+        id: g.id,
+        pid: g.pid,
+        source: cur.source.to_string(),
+        interval_s: secs,
+        stats: lines(&prev.values, &cur.values, &cur.sources, secs),
+        notes: cur.notes.clone(),
+    }
+}
+
 pub fn run(cfg: &Config, wanted: Option<&str>, args: &BatchArgs) -> anyhow::Result<()> {
     let delay = args.delay()?;
     let g = guests::pick(cfg, wanted)?;
+    if !args.batch && !args.json && std::io::stdout().is_terminal() {
+        return run_live(cfg, &g, args, delay);
+    }
     let mut prev = counters(cfg, &g)?;
     let mut at = Instant::now();
-    // Without -b, print frames until interrupted, as kvm_stat -l does.
+    // Without -b (output not a terminal, or --json), print frames until
+    // interrupted, as kvm_stat -l does.
     let n = args
         .iterations
         .unwrap_or(if args.batch { 1 } else { u64::MAX });
@@ -104,20 +141,7 @@ pub fn run(cfg: &Config, wanted: Option<&str>, args: &BatchArgs) -> anyhow::Resu
         std::thread::sleep(delay);
         let cur = counters(cfg, &g)?;
         let now = Instant::now();
-        let f = StatFrame {
-            guest: g.label(),
-            id: g.id,
-            pid: g.pid,
-            source: cur.source.to_string(),
-            interval_s: now.duration_since(at).as_secs_f64(),
-            stats: lines(
-                &prev.values,
-                &cur.values,
-                &cur.sources,
-                now.duration_since(at).as_secs_f64(),
-            ),
-            notes: cur.notes.clone(),
-        };
+        let f = stat_frame(&g, &prev, &cur, now.duration_since(at).as_secs_f64());
         let t = if args.json {
             format!("{}\n", serde_json::to_string(&f)?)
         } else {
@@ -130,6 +154,206 @@ pub fn run(cfg: &Config, wanted: Option<&str>, args: &BatchArgs) -> anyhow::Resu
         at = now;
     }
     Ok(())
+}
+
+const HELP: &[&str] = &[
+    "kvmtop stat keys",
+    "",
+    "  q          quit",
+    "  ?  h       this help (any key closes it)",
+    "",
+    "One row per KVM counter of the guest, busiest first:",
+    "TOTAL is the counter now, PER SEC its change over",
+    "the last interval (-d). SOURCE says where it was read.",
+];
+
+/// The full-screen `stat` view's state.
+pub struct StatView {
+    /// The guest as the title names it before the first frame.
+    pub label: String,
+    pub frame: Option<StatFrame>,
+    /// Why the last read failed; the view keeps retrying.
+    pub error: Option<String>,
+    pub help: bool,
+    /// Seconds between frames, for the retry message.
+    pub delay_s: f64,
+}
+
+impl StatView {
+    pub fn new(g: &Guest, delay: Duration) -> StatView {
+        StatView {
+            label: format!(
+                "{} (id {}, pid {})",
+                g.label(),
+                g.id.map_or("-".into(), |i| i.to_string()),
+                g.pid
+            ),
+            frame: None,
+            error: None,
+            help: false,
+            delay_s: delay.as_secs_f64(),
+        }
+    }
+
+    /// Handle a key; `true` when it asks to quit.
+    pub fn key(&mut self, k: KeyEvent) -> bool {
+        if k.kind == KeyEventKind::Release {
+            return false;
+        }
+        if k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL) {
+            return true;
+        }
+        if self.help {
+            self.help = false;
+            return false;
+        }
+        match k.code {
+            KeyCode::Char('q') => return true,
+            KeyCode::Char('?') | KeyCode::Char('h') => self.help = true,
+            _ => {}
+        }
+        false
+    }
+}
+
+/// Draw the `stat` view: title, the counters table sorted by rate, notes.
+pub fn draw(f: &mut ratatui::Frame, v: &StatView) {
+    let area = f.area();
+    let top = match (&v.frame, &v.error) {
+        (_, Some(_)) | (None, None) => format!("kvmtop stat - guest {}", v.label),
+        (Some(fr), None) => title(fr),
+    };
+    let status = "sorted by PER SEC, busiest first   ? help  q quit";
+    let mut notes: Vec<String> = Vec::new();
+    if let Some(e) = &v.error {
+        notes.push(e.clone());
+        notes.push(format!("(trying again every {:.1}s; q quits)", v.delay_s));
+    } else if let Some(fr) = &v.frame {
+        notes.extend(fr.notes.iter().map(|n| format!("note: {n}")));
+        if fr.stats.is_empty() {
+            notes.push("(this source has no counters for the guest)".into());
+        }
+    } else {
+        notes.push("reading the counters...".into());
+    }
+    let table = match (&v.frame, &v.error) {
+        (Some(fr), None) => Some(fr),
+        _ => None,
+    };
+    // Under a table each note gets the lines it needs when wrapped, at most
+    // half the screen; without one the notes have all of it.
+    let width = usize::from(area.width.max(1));
+    let note_rows: usize = notes
+        .iter()
+        .map(|n| n.chars().count().max(1).div_ceil(width))
+        .sum();
+    let note_rows = match table {
+        Some(_) => (note_rows as u16).min(area.height / 2),
+        None => area.height.saturating_sub(2),
+    };
+    let [head, body, foot] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(0),
+        Constraint::Length(note_rows),
+    ])
+    .areas(area);
+    f.render_widget(
+        Paragraph::new(vec![Line::from(top), Line::from(status)]),
+        head,
+    );
+    if let Some(fr) = table {
+        let right = |s: String| Cell::from(Line::from(s).alignment(Alignment::Right));
+        let header = Row::new(vec![
+            Cell::from("EVENT"),
+            right("TOTAL".into()),
+            right("PER SEC".into()),
+            Cell::from("SOURCE"),
+        ])
+        .style(Style::default().add_modifier(Modifier::REVERSED));
+        let rows = fr.stats.iter().map(|l| {
+            Row::new(vec![
+                Cell::from(l.name.clone()),
+                right(l.total.to_string()),
+                right(format!("{:.1}", l.per_s)),
+                Cell::from(l.source.clone()),
+            ])
+        });
+        f.render_widget(
+            Table::new(
+                rows,
+                [
+                    Constraint::Min(12),
+                    Constraint::Length(16),
+                    Constraint::Length(12),
+                    Constraint::Length(9),
+                ],
+            )
+            .header(header),
+            body,
+        );
+    }
+    f.render_widget(
+        Paragraph::new(notes.into_iter().map(Line::from).collect::<Vec<_>>())
+            .wrap(Wrap { trim: false }),
+        foot,
+    );
+    if v.help {
+        term::help_box(f, HELP);
+    }
+}
+
+/// `kvmtop stat` on a terminal: the counters full-screen, refreshed every
+/// `delay`, until `q` (or `-n` frames).
+fn run_live(cfg: &Config, g: &Guest, args: &BatchArgs, delay: Duration) -> anyhow::Result<()> {
+    let (_guard, mut tty) = term::terminal()?;
+    let mut view = StatView::new(g, delay);
+    let mut prev: Option<(Counters, Instant)> = None;
+    let mut frames = 0u64;
+    // The first frame comes soon; rates need two reads.
+    let mut next = Instant::now();
+    let first = Duration::from_millis(300).min(delay);
+    loop {
+        match term::next_input(next)? {
+            Input::Key(k) => {
+                if view.key(k) {
+                    return Ok(());
+                }
+                tty.draw(|f| draw(f, &view))?;
+                continue;
+            }
+            Input::Resize => {
+                tty.autoresize()?;
+                tty.draw(|f| draw(f, &view))?;
+                continue;
+            }
+            Input::Timeout => {}
+        }
+        let wait = match (counters(cfg, g), prev.take()) {
+            (Ok(cur), Some((p, at))) => {
+                let now = Instant::now();
+                let secs = now.duration_since(at).as_secs_f64();
+                view.frame = Some(stat_frame(g, &p, &cur, secs));
+                view.error = None;
+                prev = Some((cur, now));
+                frames += 1;
+                delay
+            }
+            (Ok(cur), None) => {
+                prev = Some((cur, Instant::now()));
+                first
+            }
+            (Err(e), _) => {
+                view.error = Some(format!("{e:#}"));
+                frames += 1;
+                delay
+            }
+        };
+        tty.draw(|f| draw(f, &view))?;
+        if args.iterations.is_some_and(|n| frames >= n) {
+            return Ok(());
+        }
+        next = Instant::now() + wait;
+    }
 }
 
 #[cfg(test)]
@@ -167,5 +391,107 @@ mod tests {
         })
         .lines()
         .any(|l| l.starts_with("exits ") && l.ends_with("  debugfs")));
+    }
+
+    fn frame(stats: Vec<StatLine>, notes: Vec<String>) -> StatFrame {
+        StatFrame {
+            guest: "web".into(),
+            id: Some(3),
+            pid: 10,
+            source: "debugfs".into(),
+            interval_s: 0.5,
+            stats,
+            notes,
+        }
+    }
+
+    fn view() -> StatView {
+        let mut g = Guest::new(10);
+        g.id = Some(3);
+        StatView::new(&g, Duration::from_millis(500))
+    }
+
+    fn line(name: &str, total: u64, per_s: f64) -> StatLine {
+        StatLine {
+            name: name.into(),
+            total,
+            per_s,
+            source: "debugfs".into(),
+        }
+    }
+
+    fn screen(v: &StatView, w: u16, h: u16) -> Vec<String> {
+        term::render(w, h, |f| draw(f, v))
+    }
+
+    fn press(v: &mut StatView, c: KeyCode) -> bool {
+        v.key(KeyEvent::new(c, KeyModifiers::NONE))
+    }
+
+    #[test]
+    fn live_view_is_a_table_sorted_by_rate_with_notes() {
+        let m = |kv: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let a = m(&[("exits", 100), ("halt_exits", 9000), ("io_exits", 5)]);
+        let b = m(&[("exits", 150), ("halt_exits", 9000), ("io_exits", 10)]);
+        let mut v = view();
+        v.frame = Some(frame(
+            lines(&a, &b, &BTreeMap::new(), 0.5),
+            vec!["vCPU stats from debugfs".into()],
+        ));
+        let s = screen(&v, 80, 12);
+        assert_eq!(
+            s[0],
+            "kvmtop stat - guest web (id 3, pid 10)  source: debugfs  interval: 0.50s"
+        );
+        assert!(s[1].starts_with("sorted by PER SEC"), "{}", s[1]);
+        let cells = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(cells(&s[2]), ["EVENT", "TOTAL", "PER", "SEC", "SOURCE"]);
+        assert_eq!(cells(&s[3]), ["exits", "150", "100.0", "-"], "{s:#?}");
+        assert_eq!(cells(&s[4]), ["io_exits", "10", "10.0", "-"], "{s:#?}");
+        assert_eq!(cells(&s[5]), ["halt_exits", "9000", "0.0", "-"], "{s:#?}");
+        // Numbers are right-aligned under their titles.
+        let end = |l: &str, w: &str| l.find(w).map(|i| i + w.len());
+        assert_eq!(end(&s[2], "TOTAL"), end(&s[3], "150"), "{s:#?}");
+        assert_eq!(end(&s[2], "PER SEC"), end(&s[5], "0.0"), "{s:#?}");
+        assert_eq!(s[11], "note: vCPU stats from debugfs", "{s:#?}");
+    }
+
+    #[test]
+    fn live_view_says_why_there_are_no_counters_and_keeps_trying() {
+        let mut v = view();
+        assert!(screen(&v, 60, 6)[2].contains("reading the counters"));
+        v.error = Some("cannot read the KVM stats of guest web (pid 10): EIO".into());
+        let s = screen(&v, 60, 8);
+        assert_eq!(s[0], "kvmtop stat - guest pid 10 (id 3, pid 10)");
+        assert_eq!(s[2], "cannot read the KVM stats of guest web (pid 10): EIO");
+        assert_eq!(s[3], "(trying again every 0.5s; q quits)");
+        assert!(!s.iter().any(|l| l.contains("EVENT")), "{s:#?}");
+        // A frame read earlier does not hide the error.
+        v.frame = Some(frame(vec![line("exits", 1, 1.0)], vec![]));
+        assert!(screen(&v, 60, 8)[2].starts_with("cannot read"));
+    }
+
+    #[test]
+    fn live_view_keys_help_quit_and_small_terminals() {
+        let mut v = view();
+        v.frame = Some(frame(vec![line("exits", 1, 1.0)], vec!["n".repeat(200)]));
+        assert!(!press(&mut v, KeyCode::Char('?')));
+        let s = screen(&v, 80, 20);
+        assert!(s.iter().any(|l| l.contains("kvmtop stat keys")), "{s:#?}");
+        // Any key closes the help, even q; the next q quits.
+        assert!(!press(&mut v, KeyCode::Char('q')));
+        assert!(!v.help);
+        assert!(!screen(&v, 80, 20).iter().any(|l| l.contains("stat keys")));
+        assert!(!press(&mut v, KeyCode::Char('x')));
+        for (w, h) in [(1, 1), (10, 3), (30, 5)] {
+            let _ = screen(&v, w, h);
+            v.help = true;
+            let _ = screen(&v, w, h);
+            v.help = false;
+        }
+        assert!(press(&mut v, KeyCode::Char('q')));
+        assert!(v.key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)));
     }
 }

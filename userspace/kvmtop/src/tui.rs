@@ -9,12 +9,12 @@ use crate::frame::{self, Frame as KFrame, Row, SamplingSummary};
 use crate::profile::{self, ProfileFrame, Profiler};
 use crate::render;
 use crate::sampling::HeaderSampler;
-use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use crate::term::{self, Input, Term};
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use kvmreg::{Config, Guest};
-use ratatui::layout::Rect;
 use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
-use ratatui::widgets::{Block, Borders, Clear, Paragraph};
+use ratatui::widgets::Paragraph;
 use std::time::{Duration, Instant};
 
 /// Sort orders, cycled with `s` or picked with their own key.
@@ -302,76 +302,25 @@ pub fn draw(f: &mut ratatui::Frame, app: &App) {
     };
     f.render_widget(Paragraph::new(lines), area);
     if app.help {
-        let w = (HELP.iter().map(|l| l.len()).max().unwrap_or(0) as u16 + 4).min(area.width);
-        let h = (HELP.len() as u16 + 2).min(area.height);
-        let r = Rect {
-            x: area.x + (area.width - w) / 2,
-            y: area.y + (area.height - h) / 2,
-            width: w,
-            height: h,
-        };
-        f.render_widget(Clear, r);
-        f.render_widget(
-            Paragraph::new(HELP.iter().map(|l| Line::from(*l)).collect::<Vec<_>>())
-                .block(Block::default().borders(Borders::ALL).title(" help ")),
-            r,
-        );
+        term::help_box(f, HELP);
     }
-}
-
-/// Restores the terminal however the view ends.
-struct TermGuard;
-
-impl TermGuard {
-    fn enter() -> anyhow::Result<TermGuard> {
-        crossterm::terminal::enable_raw_mode().map_err(|e| {
-            anyhow::anyhow!(
-                "the live view needs a terminal ({e}); for scripts use batch mode: kvmtop -b"
-            )
-        })?;
-        let g = TermGuard;
-        crossterm::execute!(std::io::stdout(), crossterm::terminal::EnterAlternateScreen)?;
-        Ok(g)
-    }
-}
-
-impl Drop for TermGuard {
-    fn drop(&mut self) {
-        let _ = crossterm::execute!(std::io::stdout(), crossterm::terminal::LeaveAlternateScreen);
-        let _ = crossterm::terminal::disable_raw_mode();
-    }
-}
-
-type Term = ratatui::Terminal<ratatui::backend::CrosstermBackend<std::io::Stdout>>;
-
-fn terminal() -> anyhow::Result<(TermGuard, Term)> {
-    let g = TermGuard::enter()?;
-    let mut t = ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))?;
-    t.clear()?;
-    Ok((g, t))
 }
 
 /// Wait for keys until `deadline`; `Some(action)` when one needs the loop.
 fn keys_until(app: &mut App, term: &mut Term, deadline: Instant) -> anyhow::Result<Action> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(Action::None);
-        }
-        if event::poll(left)? {
-            match event::read()? {
-                Event::Key(k) => {
-                    let a = app.key(k);
-                    term.draw(|f| draw(f, app))?;
-                    if a != Action::None {
-                        return Ok(a);
-                    }
+        match term::next_input(deadline)? {
+            Input::Timeout => return Ok(Action::None),
+            Input::Key(k) => {
+                let a = app.key(k);
+                term.draw(|f| draw(f, app))?;
+                if a != Action::None {
+                    return Ok(a);
                 }
-                Event::Resize(..) => {
-                    term.autoresize()?;
-                    term.draw(|f| draw(f, app))?;
-                }
-                _ => {}
+            }
+            Input::Resize => {
+                term.autoresize()?;
+                term.draw(|f| draw(f, app))?;
             }
         }
     }
@@ -389,16 +338,15 @@ fn start_profile(app: &mut App, g: &Guest, syms: &SymbolArgs) -> Option<Profiler
     }
 }
 
-/// The live overview.
-pub fn run(cfg: &Config, args: &BatchArgs) -> anyhow::Result<()> {
+/// The live overview; `syms` name the functions of the profile Enter opens.
+pub fn run(cfg: &Config, args: &BatchArgs, syms: &SymbolArgs) -> anyhow::Result<()> {
     let delay = args.delay()?;
-    let (_guard, mut term) = terminal()?;
+    let (_guard, mut term) = term::terminal()?;
     let mut app = App::new();
     let mut sampler = HeaderSampler::new();
     let mut prev = frame::read(cfg);
     sampler.follow(&prev.guests);
     let mut profiler: Option<Profiler> = None;
-    let syms = SymbolArgs::default();
     term.draw(|f| draw(f, &app))?;
     let mut frames = 0u64;
     let mut next = Instant::now() + Duration::from_millis(300).min(delay);
@@ -406,7 +354,7 @@ pub fn run(cfg: &Config, args: &BatchArgs) -> anyhow::Result<()> {
         match keys_until(&mut app, &mut term, next)? {
             Action::Quit => return Ok(()),
             Action::OpenProfile(g) => {
-                profiler = start_profile(&mut app, &g, &syms);
+                profiler = start_profile(&mut app, &g, syms);
                 term.draw(|f| draw(f, &app))?;
                 continue;
             }
@@ -452,7 +400,7 @@ pub fn run_profile(
     let _ = cfg;
     let delay = args.delay()?;
     let mut p = Profiler::start(&g, syms)?;
-    let (_guard, mut term) = terminal()?;
+    let (_guard, mut term) = term::terminal()?;
     let mut app = App::new();
     app.profile = Some(ProfileScreen {
         label: g.label(),
@@ -482,8 +430,6 @@ mod tests {
     use super::*;
     use crate::host::HostSplit;
     use kvmreg::GuestName;
-    use ratatui::backend::TestBackend;
-    use ratatui::Terminal;
 
     fn row(name: &str, pid: u32, cpu: f64) -> Row {
         let mut g = Guest::new(pid);
@@ -530,18 +476,7 @@ mod tests {
     }
 
     fn screen(app: &App, w: u16, h: u16) -> Vec<String> {
-        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-        t.draw(|f| draw(f, app)).unwrap();
-        let b = t.backend().buffer();
-        (0..h)
-            .map(|y| {
-                (0..w)
-                    .map(|x| b[(x, y)].symbol())
-                    .collect::<String>()
-                    .trim_end()
-                    .to_string()
-            })
-            .collect()
+        term::render(w, h, |f| draw(f, app))
     }
 
     fn press(app: &mut App, c: KeyCode) -> Action {

@@ -85,6 +85,8 @@ pub struct Line {
     pub name: String,
     pub id: Option<u64>,
     pub pid: u32,
+    /// The VM's fd in the guest process.
+    pub vm_fd: u32,
     pub named: bool,
     pub tids: Vec<u32>,
 }
@@ -96,6 +98,7 @@ fn parse_line(l: &str) -> Line {
         name: f[1].to_string(),
         id: f[3].parse().ok(),
         pid: f[5].parse().expect("pid"),
+        vm_fd: f[7].parse().expect("vm_fd"),
         named: f[9] == "yes",
         tids: f[11].split(',').map(|t| t.parse().expect("tid")).collect(),
     }
