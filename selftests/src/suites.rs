@@ -64,6 +64,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "contrib/libvirt/qemu, run as libvirtd runs it, names real paused qemus (patched kernel)",
     ),
     (
+        "permissions",
+        "the permission matrix of Documentation/security.md: who lists, reads, renames, what leaks (patched kernel)",
+    ),
+    (
         "rust",
         "the userspace crates' tests (kvmreg, fixture, kvmtop), on the kernel under test",
     ),
@@ -99,6 +103,7 @@ pub fn default_suites(tree: Tree, config: Config) -> Vec<String> {
     if tree == Tree::Patched {
         suites.push("qemu-client".into());
         if config == Config::Fast {
+            suites.push("permissions".into());
             suites.push("libvirt-hook".into());
             suites.push("rust".into());
         }
@@ -140,9 +145,12 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
             }
             "demo" => {
                 let mut run = script("demo", "demo.sh", 300);
-                let bins = payload("kvmreg-fixture")?;
-                let bins = bins.parent().unwrap_or(Path::new("."));
-                run.argv.push(bins.to_string_lossy().into_owned());
+                run.argv.push(debug_bins()?.to_string_lossy().into_owned());
+                runs.push(run);
+            }
+            "permissions" => {
+                let mut run = script("permissions", "permissions.sh", 300);
+                run.argv.push(debug_bins()?.to_string_lossy().into_owned());
                 runs.push(run);
             }
             "bench-enum" => {
@@ -171,6 +179,12 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
         }
     }
     Ok(runs)
+}
+
+/// The directory of the workspace's binaries as `run` builds them.
+fn debug_bins() -> Result<PathBuf> {
+    let fixture = payload("kvmreg-fixture")?;
+    Ok(fixture.parent().unwrap_or(Path::new(".")).to_path_buf())
 }
 
 /// Benchmarks time optimized code: builds the userspace binaries with

@@ -50,6 +50,11 @@ struct Args {
     /// Only write the symbol files (needs --out), start no guest.
     #[arg(long, requires = "out")]
     symbols_only: bool,
+    /// Make the VMM processes non-dumpable (`PR_SET_DUMPABLE` 0), as a
+    /// VMM that dropped privileges is: then only CAP_SYS_PTRACE may
+    /// inspect them, whatever the uid (the permission tests use this).
+    #[arg(long)]
+    non_dumpable: bool,
 }
 
 fn line(g: &vm::Guest) -> String {
@@ -97,6 +102,12 @@ fn main() -> Result<()> {
         .mem_kib
         .checked_mul(1024)
         .context("--mem-kib too large")?;
+    if args.non_dumpable {
+        // SAFETY: prctl with integer arguments only; children inherit it.
+        if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE, 0)");
+        }
+    }
     let kvm = kvm_ioctls::Kvm::new().context("opening /dev/kvm")?;
     if args.single_process {
         let mut guests = Vec::new();
