@@ -76,6 +76,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "the main job: named fixture guests, a named qemu, /proc/kvm and kvmtop",
     ),
     (
+        "stress",
+        "churn stress, 120 s: VMMs create/name/rename/destroy VMs and are SIGKILLed under /proc readers, uevents, perf",
+    ),
+    (
         "perf-bench",
         "benchmark, not a test: cost of PERF_SAMPLE_GUEST_ID at a high sample rate (patched kernel)",
     ),
@@ -133,6 +137,7 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
             "smoke" => runs.push(simple("smoke", payload("kvm-smoke")?, 60)),
             "canary" => runs.push(simple("canary", payload("tap-canary")?, 30)),
             "perf-bench" => runs.push(simple("perf-bench", payload("perf-guest-id-bench")?, 120)),
+            "stress" => runs.push(simple("stress", payload("churn-stress")?, 300)),
             "kselftest" => runs.extend(kselftests(kernel)?),
             "lkdtm" => runs.push(script("lkdtm", "lkdtm.sh", 60)),
             "qemu-client" => runs.push(script("qemu-client", "qemu_client.sh", 120)),
