@@ -2,9 +2,9 @@
 //! (KVM as a module) and is clean under `checkpatch.pl --strict`. The whole
 //! series with KVM built in is the debug kernel, which every run builds.
 
+use crate::cmd;
 use crate::kernel::{self, BuildSpec, Config, Tree};
 use crate::series::{self, AllowList, Series};
-use crate::cmd;
 use anyhow::{bail, Result};
 use std::process::Command;
 
