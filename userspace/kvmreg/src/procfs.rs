@@ -130,23 +130,32 @@ impl ProcRoot {
     /// The effective uid from `/proc/<pid>/status`.
     pub fn process_uid(&self, pid: u32) -> Option<u32> {
         let status = self.read_string(format!("{pid}/status")).ok()?;
-        status_field(&status, "Uid")?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        uid_from_status(&status)
     }
 
     /// The NUL-separated command line of a process.
     pub fn cmdline(&self, pid: u32) -> Option<Vec<String>> {
         let raw = fs::read(self.join(format!("{pid}/cmdline"))).ok()?;
-        Some(
-            raw.split(|b| *b == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect(),
-        )
+        Some(parse_cmdline(&raw))
     }
+}
+
+/// The effective uid (second `Uid:` field) of a `/proc/<pid>/status` text.
+pub fn uid_from_status(text: &str) -> Option<u32> {
+    status_field(text, "Uid")?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The arguments of a NUL-separated `/proc/<pid>/cmdline`, empty ones
+/// dropped, each lossily decoded.
+pub fn parse_cmdline(raw: &[u8]) -> Vec<String> {
+    raw.split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
 }
 
 /// The value of a `Key:\tvalue` line, as in `/proc/<pid>/status`.

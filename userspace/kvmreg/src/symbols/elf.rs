@@ -110,7 +110,11 @@ impl ElfSymbols {
     /// Symbol and, where DWARF has it, file and line of `addr`.
     pub fn resolve(&self, addr: u64) -> Option<Resolved> {
         let mut r = self.table.lookup(addr)?;
-        if let Some(ctx) = &self.lines {
+        // addr2line looks up `[addr, addr + 1)` without checking for
+        // overflow, a panic at u64::MAX (which a guest IP minus the KASLR
+        // offset can be): the last byte of the address space gets no line.
+        let lines = self.lines.as_ref().filter(|_| addr != u64::MAX);
+        if let Some(ctx) = lines {
             if let Ok(Some(loc)) = ctx.find_location(addr) {
                 r.file = loc.file.map(str::to_string);
                 r.line = loc.line;
@@ -161,6 +165,19 @@ mod tests {
         } else {
             eprintln!("lines not tested: {:?}", syms.lines_note);
         }
+    }
+
+    /// Found by the elf_dwarf fuzz target: an ELF with DWARF lines whose
+    /// last text symbol has no size, so it covers u64::MAX, and addr2line
+    /// overflowed computing `u64::MAX + 1`.
+    #[test]
+    fn fuzz_resolve_last_address_with_dwarf_lines() {
+        // Copied: `object` wants the ELF header aligned, as a read file is.
+        let b = include_bytes!("../../tests/data/fuzz/elf_dwarf-addr2line-probe-overflow").to_vec();
+        let syms = parse(&b, Path::new("vmlinux")).unwrap();
+        assert!(syms.lines.is_some(), "the input must have DWARF lines");
+        let r = syms.resolve(u64::MAX).expect("a symbol covers u64::MAX");
+        assert_eq!(r.line, None);
     }
 
     #[test]

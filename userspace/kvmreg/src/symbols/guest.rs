@@ -73,7 +73,8 @@ pub fn build_id_from_notes(mut b: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-fn parse_hex(s: &str) -> Option<Vec<u8>> {
+/// A hex build-id as written in a guestmount's `build-id` file.
+pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
     if s.is_empty() || s.len() % 2 != 0 {
         return None;

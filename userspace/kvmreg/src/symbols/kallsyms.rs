@@ -71,8 +71,13 @@ fn truncate(s: &str) -> &str {
 
 /// Read and parse a kallsyms file.
 pub fn load(path: &Path) -> Result<SymbolTable, SymbolError> {
-    let bytes = read_capped(path, MAX_TEXT_FILE)?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| SymbolError::Invalid {
+    parse_bytes(&read_capped(path, MAX_TEXT_FILE)?, path)
+}
+
+/// Parse the bytes of a kallsyms file (`path` only names it in errors):
+/// what [`load`] does after reading, and what the fuzzer feeds.
+pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<SymbolTable, SymbolError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| SymbolError::Invalid {
         path: path.to_path_buf(),
         why: format!("not UTF-8 text ({e})"),
     })?;

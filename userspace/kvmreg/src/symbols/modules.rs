@@ -43,8 +43,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Module>, SymbolError> {
 
 /// Read and parse a modules file.
 pub fn load(path: &Path) -> Result<Vec<Module>, SymbolError> {
-    let bytes = read_capped(path, MAX_TEXT_FILE)?;
-    parse(&String::from_utf8_lossy(&bytes), path)
+    parse_bytes(&read_capped(path, MAX_TEXT_FILE)?, path)
+}
+
+/// Parse the bytes of a modules file (`path` only names it in errors):
+/// what [`load`] does after reading, and what the fuzzer feeds.
+pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Vec<Module>, SymbolError> {
+    parse(&String::from_utf8_lossy(bytes), path)
 }
 
 /// The module whose range holds `addr`.
