@@ -85,13 +85,14 @@ cell() {
 
 actions="lists links reads_status reads_vcpus reads_stats renames"
 # row SUBJECT "EXPECTATIONS" PREFIX...: one expectation per action above.
+# (Its own variable names: sh variables are global, and cell sets its own.)
 row() {
-	subject=$1 expect=$2
+	row_subject=$1 row_expect=$2
 	shift 2
 	for a in $actions; do
-		e=${expect%% *}
-		expect=${expect#* }
-		cell "$subject" "$a" "$e" "$@"
+		e=${row_expect%% *}
+		row_expect=${row_expect#* }
+		cell "$row_subject" "$a" "$e" "$@"
 	done
 }
 
