@@ -117,7 +117,13 @@ fn mount_basics() -> Result<()> {
     let _ = mount("tmpfs", Path::new("/dev/shm"), "tmpfs", 0, "mode=1777");
     // Pseudo-terminals, for the tests that drive kvmtop in tmux.
     std::fs::create_dir_all("/dev/pts")?;
-    mount("devpts", Path::new("/dev/pts"), "devpts", 0, "mode=620,ptmxmode=666")?;
+    mount(
+        "devpts",
+        Path::new("/dev/pts"),
+        "devpts",
+        0,
+        "mode=620,ptmxmode=666",
+    )?;
     let _ = mount("debugfs", Path::new("/sys/kernel/debug"), "debugfs", 0, "");
     std::env::set_var(
         "PATH",

@@ -46,7 +46,8 @@ enum Cmd {
     },
     /// Apply the series patch by patch: build each, checkpatch --strict each.
     CheckSeries,
-    /// Boot a kernel under QEMU and run suites (default: smoke, kselftest).
+    /// Boot a kernel under QEMU and run suites (default: the kernel's default
+    /// suites, as `test` runs them).
     Run {
         #[arg(long, value_enum, default_value = "fast")]
         config: Config,
@@ -55,7 +56,8 @@ enum Cmd {
         /// Only print the summary, not the console.
         #[arg(long, short)]
         quiet: bool,
-        /// Suites: smoke, kselftest, canary.
+        /// Suites to run; an unknown name lists the known ones (see also
+        /// Documentation/harness.md).
         suites: Vec<String>,
     },
     /// The project's main job: a patched kernel in QEMU, and what it shows.

@@ -1,6 +1,8 @@
 //! Guest symbol resolution cost (Documentation/benchmarks.md): loading a
 //! 200,000-symbol kallsyms file and resolving addresses in it. Run with
-//! `cargo bench -p kvmreg --bench symbols`. A plain `harness = false`
+//! `cargo bench -p kvmreg --bench symbols`. Lookups use
+//! `SymbolTable::find` (borrowed, no allocation), what a per-sample path
+//! should call; `lookup` adds two string copies. A plain `harness = false`
 //! program (no criterion: two numbers and their floors do not need it).
 //!
 //! Each figure comes with its floor, measured in the same run: reading the
@@ -91,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         found = 0;
         for &p in &probes {
-            if let Some(r) = table.lookup(black_box(p)) {
+            if let Some(r) = table.find(black_box(p)) {
                 found += black_box(r.name.len()).min(1);
             }
         }
