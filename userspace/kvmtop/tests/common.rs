@@ -15,12 +15,19 @@ pub fn kvmtop() -> Command {
 /// Run kvmtop with a deadline; `None` if it did not finish in time (it is
 /// killed then).
 pub fn run_within(args: &[&str], limit: Duration) -> Option<Output> {
-    let mut c = kvmtop()
-        .args(args)
+    let mut c = kvmtop();
+    c.args(args);
+    output_within(c, limit)
+}
+
+/// Run `c` with a deadline; `None` if it did not finish in time (it is
+/// killed then).
+pub fn output_within(mut c: Command, limit: Duration) -> Option<Output> {
+    let mut c = c
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start kvmtop");
+        .expect("start the command");
     let start = Instant::now();
     while start.elapsed() < limit {
         if c.try_wait().expect("wait kvmtop").is_some() {
@@ -35,6 +42,21 @@ pub fn run_within(args: &[&str], limit: Duration) -> Option<Output> {
 
 pub fn run(args: &[&str]) -> Output {
     run_within(args, Duration::from_secs(60)).expect("kvmtop did not finish within 60 s")
+}
+
+/// Run kvmtop with at most `nofile` open files (the shell's `ulimit -n`:
+/// no unsafe pre_exec needed).
+pub fn kvmtop_with_nofile(nofile: u32, args: &[&str]) -> Output {
+    let mut script = format!("ulimit -n {nofile} && exec \"$0\"");
+    for i in 1..=args.len() {
+        script.push_str(&format!(" \"${i}\""));
+    }
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_kvmtop"))
+        .args(args);
+    output_within(c, Duration::from_secs(60)).expect("kvmtop did not finish within 60 s")
 }
 
 pub fn kvm_usable(test: &str) -> bool {
@@ -115,6 +137,11 @@ impl Fixture {
     /// Guests `names` (this test process' pid appended: a registry kernel
     /// refuses duplicate names and tests run in parallel).
     pub fn start(names: &[&str], busy: u32) -> Fixture {
+        Fixture::start_with_vcpus(names, busy, 1)
+    }
+
+    /// As [`Fixture::start`], each guest with `vcpus` running vCPUs.
+    pub fn start_with_vcpus(names: &[&str], busy: u32, vcpus: u32) -> Fixture {
         let me = std::process::id();
         let guests: Vec<String> = names.iter().map(|n| format!("{n}-{me}")).collect();
         let mut child = Command::new(fixture_bin())
@@ -122,7 +149,7 @@ impl Fixture {
                 "--guests",
                 &guests.join(","),
                 "--vcpus",
-                "1",
+                &vcpus.to_string(),
                 "--busy",
                 &busy.to_string(),
             ])

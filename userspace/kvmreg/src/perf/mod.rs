@@ -32,14 +32,53 @@ pub enum PerfError {
     Gone(u32),
     #[error("no vCPU threads known for these guests: nothing to sample (vCPU threads come from the VM registry, debugfs or qemu's thread names)")]
     NoThreads,
+    #[error(
+        "out of file descriptors after opening {opened} of {wanted} perf events (one per vCPU thread): raise the open-files limit (`ulimit -n`, now {limit}) or watch fewer guests (-g)"
+    )]
+    OutOfFds {
+        opened: usize,
+        wanted: usize,
+        limit: String,
+    },
+    #[error(
+        "mapping the perf ring of thread {tid} was refused ({err}) after {mapped} rings: rings beyond kernel.perf_event_mlock_kb (it is {mlock_kb} KiB) per user need CAP_IPC_LOCK; raise that sysctl, run as root or watch fewer guests (-g)"
+    )]
+    RingMemory {
+        tid: u32,
+        mapped: usize,
+        err: io::Error,
+        mlock_kb: String,
+    },
     #[error("perf_event_open on thread {tid}: {err}")]
     Io { tid: u32, err: io::Error },
 }
 
-fn paranoid() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+fn sysctl(name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The soft limit on open files, for error messages.
+fn nofile_limit() -> String {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the valid, exclusively
+    // borrowed `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return "unknown".into();
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        lim.rlim_cur.to_string()
+    }
+}
+
+fn paranoid() -> String {
+    sysctl("perf_event_paranoid")
 }
 
 /// Open a disabled `cpu-clock` sampling event on thread `tid` (0: self).
@@ -135,6 +174,7 @@ impl Sampler {
         } else {
             (BASE_SAMPLE_TYPE, Attribution::VcpuThread)
         };
+        let wanted = tids.len();
         let mut events = Vec::new();
         for tid in tids {
             let fd = open_event(tid, sample_type, cfg.period_ns).map_err(|err| {
@@ -145,11 +185,24 @@ impl Sampler {
                         paranoid: paranoid(),
                     },
                     Some(libc::ESRCH) => PerfError::Gone(tid),
+                    Some(libc::EMFILE) | Some(libc::ENFILE) => PerfError::OutOfFds {
+                        opened: events.len(),
+                        wanted,
+                        limit: nofile_limit(),
+                    },
                     _ => PerfError::Io { tid, err },
                 }
             })?;
             let ring =
-                ring::Ring::new(&fd, cfg.data_pages).map_err(|err| PerfError::Io { tid, err })?;
+                ring::Ring::new(&fd, cfg.data_pages).map_err(|err| match err.raw_os_error() {
+                    Some(libc::EPERM) | Some(libc::ENOMEM) => PerfError::RingMemory {
+                        tid,
+                        mapped: events.len(),
+                        err,
+                        mlock_kb: sysctl("perf_event_mlock_kb"),
+                    },
+                    _ => PerfError::Io { tid, err },
+                })?;
             events.push(Event { tid, _fd: fd, ring });
         }
         for e in &events {
