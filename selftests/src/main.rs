@@ -25,7 +25,7 @@ use std::process::ExitCode;
 #[command(
     name = "harness",
     about = "Build the patched kernel, boot it under QEMU, run the suites",
-    after_help = "Examples:\n  cargo xtask test                 everything CI runs\n  cargo xtask run smoke            one suite on the fast patched kernel\n  cargo xtask run --config debug   the default suites under KASAN and lockdep\n  cargo xtask kernel --base        build the unpatched kernel"
+    after_help = "Examples:\n  cargo xtask test                 everything CI runs\n  cargo xtask run smoke            one suite on the fast patched kernel\n  cargo xtask run --config debug   the default suites under KASAN and lockdep\n  cargo xtask run --repeat 20 kselftest/x86_64/perf_guest_id_test\n                                   one kselftest 20 times in one boot\n  cargo xtask kernel --base        build the unpatched kernel"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,6 +56,9 @@ enum Cmd {
         /// Only print the summary, not the console.
         #[arg(long, short)]
         quiet: bool,
+        /// Run the suites this many times in one boot (to chase a flake).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        repeat: u32,
         /// Suites to run; an unknown name lists the known ones (see also
         /// Documentation/harness.md).
         suites: Vec<String>,
@@ -99,6 +102,7 @@ fn dispatch(cmd: Cmd) -> Result<bool> {
             config,
             kernel,
             quiet,
+            repeat,
             suites,
         } => {
             let suites = if suites.is_empty() {
@@ -106,7 +110,7 @@ fn dispatch(cmd: Cmd) -> Result<bool> {
             } else {
                 suites
             };
-            let r = pipeline::run_suites(config, kernel, &suites, quiet)?;
+            let r = pipeline::run_suites(config, kernel, &suites, repeat, quiet)?;
             qemu::report(&r);
             Ok(r.counts.failed == 0)
         }

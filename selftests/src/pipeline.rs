@@ -21,13 +21,19 @@ fn build_payloads() -> Result<()> {
     )
 }
 
-pub fn run_suites(config: Config, tree: Tree, names: &[String], quiet: bool) -> Result<RunResult> {
+pub fn run_suites(
+    config: Config,
+    tree: Tree,
+    names: &[String],
+    repeat: u32,
+    quiet: bool,
+) -> Result<RunResult> {
     build_payloads()?;
     let kernel = kernel::build(BuildSpec::for_run(tree, config))?;
     let plan = Plan {
         out_dir: Default::default(),
         modules: Vec::new(),
-        suites: suites::expand(names, &kernel)?,
+        suites: suites::repeat(suites::expand(names, &kernel)?, repeat),
     };
     qemu::run(&kernel, plan, quiet)
 }
@@ -91,6 +97,7 @@ pub fn test_all() -> Result<bool> {
                 config,
                 Tree::Patched,
                 &suites::default_suites(Tree::Patched, config),
+                1,
                 false,
             )?;
             qemu::report(&r);
@@ -122,7 +129,7 @@ pub fn test_all() -> Result<bool> {
 /// The harness's own end-to-end check: a suite that fails inside the VM must
 /// make `run` fail, with exactly its failing point reported.
 fn canary_fails() -> Result<bool> {
-    let r = run_suites(Config::Fast, Tree::Patched, &["canary".into()], true)?;
+    let r = run_suites(Config::Fast, Tree::Patched, &["canary".into()], 1, true)?;
     qemu::report(&r);
     let failed: Vec<_> = r
         .points
@@ -140,7 +147,7 @@ fn canary_fails() -> Result<bool> {
 /// The other end-to-end check: real kernel reports provoked through LKDTM on
 /// the debug kernel must fail the run although every test point passed.
 fn splats_fail() -> Result<bool> {
-    let r = run_suites(Config::Debug, Tree::Patched, &["lkdtm".into()], true)?;
+    let r = run_suites(Config::Debug, Tree::Patched, &["lkdtm".into()], 1, true)?;
     qemu::report(&r);
     let failed: Vec<_> = r
         .points
@@ -169,7 +176,7 @@ pub fn demo() -> Result<bool> {
         "demo: kernel series: {} patch(es) in kernel-patch/series",
         series.patches.len()
     );
-    let r = run_suites(Config::Fast, Tree::Patched, &["demo".into()], true)?;
+    let r = run_suites(Config::Fast, Tree::Patched, &["demo".into()], 1, true)?;
     // The demo's own output, without the boot log around it.
     let log = r.dir.join("demo.log");
     match std::fs::read_to_string(&log) {

@@ -60,6 +60,9 @@ fn new_run_dir(kernel: &Kernel) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// QEMU's debug log in the run directory (`-d cpu_reset`).
+const QEMU_LOG: &str = "qemu-debug.log";
+
 /// Boots `kernel` with `plan.suites` and returns the judged results.
 pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
     let dir = new_run_dir(kernel)?;
@@ -123,6 +126,12 @@ pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
     .arg("-device")
     .arg(format!("virtio-9p-pci,fsdev=out,mount_tag={OUT_TAG}"))
     .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+    // QEMU's own record of CPU resets: a test VM that triple-faults leaves
+    // no oops on the console, only "Triple fault" here (with -no-reboot,
+    // QEMU then just exits).
+    .args(["-d", "cpu_reset"])
+    .arg("-D")
+    .arg(dir.join(QEMU_LOG))
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -183,13 +192,20 @@ pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
     let qemu_stderr = err_thread.join().unwrap_or_default();
     let elapsed = started.elapsed();
     let log = fs::read_to_string(&console_path).unwrap_or_default();
-    let points = judge_run(
+    let mut points = judge_run(
         &dir,
         status.and_then(|s| s.code()),
         timeout,
         &log,
         &qemu_stderr,
     );
+    if fs::read_to_string(dir.join(QEMU_LOG)).is_ok_and(|l| l.contains("Triple fault")) {
+        points.push(TestPoint {
+            name: "the test VM triple-faulted and was reset".into(),
+            outcome: Outcome::Fail,
+            note: Some(format!("QEMU's log: {}", dir.join(QEMU_LOG).display())),
+        });
+    }
     let counts = Counts::of(&points);
     fs::write(dir.join("results.tap"), tap::render(&points))?;
     eprintln!(

@@ -88,6 +88,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "benchmark, not a test: cost of PERF_SAMPLE_GUEST_ID at a high sample rate (patched kernel)",
     ),
     (
+        "bench-lifecycle",
+        "benchmark, not a test: VM create+destroy time (run on the patched and the base kernel: selftests/bench_lifecycle.sh)",
+    ),
+    (
         "bench-enum",
         "benchmark, not a test: VM enumeration, /proc/kvm vs fd scan vs debugfs vs kvm_stat (patched kernel)",
     ),
@@ -145,6 +149,11 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
             "smoke" => runs.push(simple("smoke", payload("kvm-smoke")?, 60)),
             "canary" => runs.push(simple("canary", payload("tap-canary")?, 30)),
             "perf-bench" => runs.push(simple("perf-bench", payload("perf-guest-id-bench")?, 120)),
+            "bench-lifecycle" => runs.push(simple(
+                "bench-lifecycle",
+                payload("vm-lifecycle-bench")?,
+                300,
+            )),
             "stress" => runs.push(simple("stress", payload("churn-stress")?, 300)),
             // CI's shorter run of the same stress (the debug kernel's
             // default suites); `stress` alone is the documented 120 s run.
@@ -154,6 +163,18 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                 runs.push(run);
             }
             "kselftest" => runs.extend(kselftests(kernel)?),
+            // One kselftest of the list, e.g. to chase a flake with --repeat.
+            one if one.starts_with("kselftest/") => {
+                let all = kselftests(kernel)?;
+                let Some(run) = all.iter().find(|r| r.name == one) else {
+                    let names: Vec<_> = all.iter().map(|r| r.name.as_str()).collect();
+                    bail!(
+                        "no kselftest `{one}` in kernel-patch/selftests.txt for this config; listed: {}",
+                        names.join(", ")
+                    );
+                };
+                runs.push(run.clone());
+            }
             "lkdtm" => runs.push(script("lkdtm", "lkdtm.sh", 60)),
             "qemu-client" => runs.push(script("qemu-client", "qemu_client.sh", 120)),
             "rust" => runs.extend(rust_tests()?),
@@ -199,6 +220,25 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
         }
     }
     Ok(runs)
+}
+
+/// Runs every suite `times` times in one boot, the copies named `NAME#k`.
+pub fn repeat(runs: Vec<SuiteRun>, times: u32) -> Vec<SuiteRun> {
+    if times <= 1 {
+        return runs;
+    }
+    (1..=times)
+        .flat_map(|k| {
+            runs.iter().map(move |r| {
+                let mut r = r.clone();
+                r.name = format!("{}#{k}", r.name);
+                if let Some(v) = &mut r.verdict {
+                    v.name.clone_from(&r.name);
+                }
+                r
+            })
+        })
+        .collect()
 }
 
 /// The directory of the workspace's binaries as `run` builds them.
