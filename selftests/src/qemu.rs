@@ -91,9 +91,12 @@ pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
         plan_path.display()
     );
     let mut cmd = Command::new("qemu-system-x86_64");
+    // thread=single: one host thread runs both vCPUs. With QEMU's default
+    // multi-threaded TCG, its nested SVM now and then turned an exception
+    // delivery into a triple fault (see Documentation/harness.md).
     cmd.args([
         "-accel",
-        "tcg",
+        "tcg,thread=single",
         "-cpu",
         "max",
         "-smp",
