@@ -217,11 +217,23 @@ fn refused_note(refused: &[String]) -> Option<String> {
 /// directory can be matched); `sources` says which counter came from where
 /// and `notes` why vCPU stats are missing.
 pub fn guest_counters(cfg: &Config, g: &Guest) -> Result<Counters, stats_fd::StatsFdError> {
+    guest_counters_of(cfg, g, None)
+}
+
+/// As [`guest_counters`], but only the counters in `names` (all if
+/// `None`): what a view of many guests needs, without reading every stat
+/// file of every guest's debugfs directory on each refresh.
+pub fn guest_counters_of(
+    cfg: &Config,
+    g: &Guest,
+    names: Option<&[&str]>,
+) -> Result<Counters, stats_fd::StatsFdError> {
+    let wanted = |n: &str| names.is_none_or(|ns| ns.contains(&n));
     let from_stats = |(source, s): (Source, Stats)| {
         let values: BTreeMap<String, u64> = s
             .stats
             .iter()
-            .filter(|s| s.values.len() == 1)
+            .filter(|s| s.values.len() == 1 && wanted(&s.desc.name))
             .map(|s| (s.desc.name.clone(), s.values[0]))
             .collect();
         Counters {
@@ -233,11 +245,11 @@ pub fn guest_counters(cfg: &Config, g: &Guest) -> Result<Counters, stats_fd::Sta
     };
     if g.provenance.id == Some(Source::ProcKvm) {
         let mut c = guest_stats(cfg, g).map(from_stats)?;
-        add_debugfs_vcpu_counters(cfg, g, &mut c);
+        add_debugfs_vcpu_counters(cfg, g, &mut c, names);
         return Ok(c);
     }
     if let Some(dir) = debugfs::vm_dir(&cfg.debugfs_root, g) {
-        if let Ok(c) = debugfs::read_counters(&dir) {
+        if let Ok(c) = debugfs::read_counters_of(&dir, names) {
             return Ok(Counters {
                 source: Source::Debugfs,
                 sources: c
@@ -255,7 +267,7 @@ pub fn guest_counters(cfg: &Config, g: &Guest) -> Result<Counters, stats_fd::Sta
 
 /// Add the counters the registry's VM stats lack (the vCPU stats) from the
 /// guest's debugfs directory; say in `c.notes` why not where they cannot be.
-fn add_debugfs_vcpu_counters(cfg: &Config, g: &Guest, c: &mut Counters) {
+fn add_debugfs_vcpu_counters(cfg: &Config, g: &Guest, c: &mut Counters, names: Option<&[&str]>) {
     let vms_of_pid = match cfg.proc_root.list_numeric(format!("{}/kvm", g.pid)) {
         crate::procfs::Read::Ok(ids) => ids.len(),
         _ => 0,
@@ -268,7 +280,17 @@ fn add_debugfs_vcpu_counters(cfg: &Config, g: &Guest, c: &mut Counters) {
             return;
         }
     };
-    let d = match debugfs::read_counters(&dir) {
+    // Only what the registry's stats file did not already give.
+    let missing_names: Option<Vec<&str>> = names.map(|ns| {
+        ns.iter()
+            .copied()
+            .filter(|n| !c.values.contains_key(*n))
+            .collect()
+    });
+    if missing_names.as_ref().is_some_and(Vec::is_empty) {
+        return;
+    }
+    let d = match debugfs::read_counters_of(&dir, missing_names.as_deref()) {
         Ok(d) => d,
         Err(e) => {
             c.notes.push(format!("{missing}: {}: {e}", dir.display()));

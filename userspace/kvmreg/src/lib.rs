@@ -22,6 +22,8 @@ pub mod watch;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use discover::{discover, discover_with, guest_counters, guest_stats, Config, Discovery};
+pub use discover::{
+    discover, discover_with, guest_counters, guest_counters_of, guest_stats, Config, Discovery,
+};
 pub use model::{Guest, GuestName, Provenance, Source, Vcpu};
 pub use select::{select, SelectError};

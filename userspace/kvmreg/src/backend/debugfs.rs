@@ -107,20 +107,39 @@ pub struct Counters {
 
 /// Read the scalar stats of a VM directory.
 pub fn read_counters(dir: &Path) -> std::io::Result<Counters> {
+    read_counters_of(dir, None)
+}
+
+/// Read the scalar stats of a VM directory: all of them, or only `names`
+/// (one file each, no directory walk: a view of many guests that shows
+/// two counters should not read sixty files a guest).
+pub fn read_counters_of(dir: &Path, names: Option<&[&str]>) -> std::io::Result<Counters> {
     let mut out = Counters::default();
-    for e in fs::read_dir(dir)?.flatten() {
-        if !e.file_type().is_ok_and(|t| t.is_file()) {
-            continue;
-        }
-        let name = e.file_name().to_string_lossy().into_owned();
-        match fs::read_to_string(e.path()) {
-            Ok(text) => {
-                if let Ok(v) = text.trim().parse::<u64>() {
-                    out.values.insert(name, v);
-                }
+    let mut read_one = |name: String, path: PathBuf| match fs::read_to_string(path) {
+        Ok(text) => {
+            if let Ok(v) = text.trim().parse::<u64>() {
+                out.values.insert(name, v);
             }
-            Err(err) if err.raw_os_error() == Some(libc::EPERM) => out.refused.push(name),
-            Err(_) => {}
+        }
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => out.refused.push(name),
+        Err(_) => {}
+    };
+    match names {
+        Some(names) => {
+            if !dir.is_dir() {
+                return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+            }
+            for n in names {
+                read_one(n.to_string(), dir.join(n));
+            }
+        }
+        None => {
+            for e in fs::read_dir(dir)?.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_file()) {
+                    continue;
+                }
+                read_one(e.file_name().to_string_lossy().into_owned(), e.path());
+            }
         }
     }
     out.refused.sort();
@@ -132,6 +151,11 @@ pub fn read_counters(dir: &Path) -> std::io::Result<Counters> {
 /// only if the process holds one VM (`vms_of_pid`). Otherwise an error in
 /// plain words: several VMs that cannot be told apart are not guessed.
 pub fn find_vm_dir(debugfs_root: &Path, g: &Guest, vms_of_pid: usize) -> Result<PathBuf, String> {
+    // With the fd known, the name is known: no walk of every VM's directory
+    // (which made a refresh of N guests read N^2 directory entries).
+    if let Some(d) = vm_dir(debugfs_root, g) {
+        return Ok(d);
+    }
     let vms = scan_names(debugfs_root)?;
     let mine: Vec<&(u32, i32, PathBuf)> = vms.iter().filter(|v| v.0 == g.pid).collect();
     if let Some(fd) = g.vm_fd {

@@ -349,7 +349,12 @@ fn run(args: &Args) -> Result<()> {
             Some(script) => Some(kvm_stat_ms(script, reps.min(5), n)?),
             None => None,
         };
-        let x = |v: f64| format!("{v:.2}/{:.0}x", v / reg);
+        // Two significant digits below 10: a method faster than /proc/kvm
+        // must not print as "0x".
+        let x = |v: f64| match v / reg {
+            r if r < 10.0 => format!("{v:.2}/{r:.2}x"),
+            r => format!("{v:.2}/{r:.0}x"),
+        };
         println!(
             "# {n:>5} {reg:>10.3} {:>10} {:>10} {:>12} {:>12} {:>10}",
             x(fds),
