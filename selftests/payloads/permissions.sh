@@ -100,6 +100,13 @@ name=alpha vpid=$a_pid vid=$a_id
 row root "yes yes yes yes yes yes" env
 row "owner uid" "yes yes yes yes yes yes" as $OWNER
 row "other uid" "no no no no no no" as $OTHER
+# The errnos of the table's "other uid" cells: the link does not exist for
+# that caller, the directory does but may not be read.
+errmsg() { "$@" 2>&1 >/dev/null | grep -o "No such file or directory\|Permission denied" | head -n 1; }
+check "other uid: resolving /proc/kvm/alpha fails with ENOENT" \
+	[ "$(errmsg as $OTHER readlink -v /proc/kvm/alpha)" = "No such file or directory" ]
+check "other uid: reading alpha's status fails with EACCES" \
+	[ "$(errmsg as $OTHER cat "/proc/$a_pid/kvm/$a_id/status")" = "Permission denied" ]
 row "root without CAP_SYS_PTRACE" "no no no no no no" nocap
 if [ -n "$scope" ]; then
 	# ptrace_scope 2: attaching needs CAP_SYS_PTRACE; reading does not.
