@@ -1,10 +1,11 @@
 #!/bin/sh
 # Benchmark, not a test (`cargo xtask run bench-refresh`): the CPU time one
 # refresh costs kvmtop in batch mode and the upstream kvm_stat tool in its
-# logging mode, watching the same 100 fixture guests (one vCPU each, busy
-# $BUSY% of the time, default 1, one process each: 100 guests at 5% kept
-# the two emulated CPUs of the test VM so overloaded that kvm_stat did not
-# get through its start). Both run for about the same number of
+# logging mode, watching the same 100 fixture guests (one vCPU each, one
+# process each, busy $BUSY% of the time, default 0: idle, the vCPU thread
+# asleep. What a refresh costs the tools hardly depends on what the guests
+# do, while 100 guests busy even 1% each left the two emulated CPUs of the
+# test VM too loaded for kvm_stat to get going). Both run for about the same number of
 # 1-second refreshes; CPU is user + system time from the kernel's rusage of
 # the process (GNU time), divided by the refreshes each printed.
 #
@@ -23,7 +24,7 @@ trap cleanup EXIT
 [ -d /sys/kernel/debug/kvm ] || mount -t debugfs debugfs /sys/kernel/debug
 
 names=$(seq -s, -f 'g%g' 1 100)
-kvmreg-fixture --guests "$names" --vcpus 1 --busy "${BUSY:-1}" > "$work/fixture.out" &
+kvmreg-fixture --guests "$names" --vcpus 1 --busy "${BUSY:-0}" > "$work/fixture.out" &
 fixture=$!
 ready() { grep -qx ready "$work/fixture.out"; }
 if wait_for 300 ready; then

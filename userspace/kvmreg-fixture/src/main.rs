@@ -37,8 +37,9 @@ struct Args {
     /// Guest memory in KiB.
     #[arg(long, default_value_t = 1024)]
     mem_kib: usize,
-    /// Target CPU use of each vCPU in percent (1 to 100).
-    #[arg(long, default_value_t = 100)]
+    /// Target CPU use of each vCPU in percent (1 to 100); 0: idle, the
+    /// vCPU halts once and its thread then sleeps for good.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100))]
     busy: u32,
     /// Where to write kallsyms, vmlinux and build-id (and one subdirectory
     /// per guest name with the same files).

@@ -188,8 +188,26 @@ fn setup_real_mode(vcpu: &VcpuFd) -> Result<()> {
 
 /// Run forever; on each `hlt` exit sleep enough to keep the vCPU at about
 /// `busy` percent of a CPU (sleeps are measured, since they overshoot).
+/// `busy` 0: idle, the thread sleeps after the first `hlt` (the vCPU and
+/// its thread stay, as those of a guest that does nothing).
 fn run_vcpu(vcpu: &mut VcpuFd, busy: u32, mut on_hlt: impl FnMut()) -> Result<()> {
-    let busy = busy.clamp(1, 100);
+    if busy == 0 {
+        loop {
+            match vcpu.run() {
+                Ok(VcpuExit::Hlt) => {
+                    on_hlt();
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Ok(VcpuExit::Intr) => {}
+                Ok(other) => bail!("unexpected exit {other:?}"),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => bail!("KVM_RUN: {e}"),
+            }
+        }
+    }
+    let busy = busy.min(100);
     let mut resumed = Instant::now();
     let mut ran = Duration::ZERO;
     let mut idled = Duration::ZERO;
