@@ -60,11 +60,32 @@ fn new_run_dir(kernel: &Kernel) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The guest mounts tmpfs over these: a checkout or a cargo target
+/// directory below them is invisible in the test VM.
+const GUEST_TMPFS: &[&str] = &["/tmp", "/run"];
+
+/// Refuses a checkout or target directory the test VM cannot see, with the
+/// fix, instead of a guest that cannot find its plan.
+fn hidden_from_guest_check() -> Result<()> {
+    let exe = std::env::current_exe()?;
+    for p in [crate::paths::build_dir(), exe] {
+        if let Some(t) = GUEST_TMPFS.iter().find(|t| p.starts_with(t)) {
+            anyhow::bail!(
+                "{} is under {t}, which the test VM covers with a tmpfs of its own: put the checkout and the cargo target directory (CARGO_TARGET_DIR) outside {}",
+                p.display(),
+                GUEST_TMPFS.join(" and ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// QEMU's debug log in the run directory (`-d cpu_reset`).
 const QEMU_LOG: &str = "qemu-debug.log";
 
 /// Boots `kernel` with `plan.suites` and returns the judged results.
 pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
+    hidden_from_guest_check()?;
     let dir = new_run_dir(kernel)?;
     plan.out_dir = dir.clone();
     plan.modules = kernel.modules.clone();
