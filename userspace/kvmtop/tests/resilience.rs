@@ -130,3 +130,50 @@ fn a_guest_renamed_between_frames_has_its_new_name_in_the_next_frame() {
         assert_eq!(name_of(f, 20), Some("db".into()));
     }
 }
+
+/// Symbol files that are not what their option says: the profile refuses
+/// them with the file and the way out, exit status 1, never a panic (101).
+/// The symbols load before sampling starts, so a fake tree is enough.
+#[test]
+fn garbage_and_truncated_symbol_files_are_refused_with_the_file_named() {
+    let d = TempDir::new("bad-symbols");
+    fake_registry_vm(&d, 10, 3, "web", 5);
+    d.write("syms/garbage", [0x7f, b'E', 0xff, 0x00, 0xfe, b'\n', 0x01]);
+    // Cut in the middle of its second line, as a copy that ran out of disk.
+    d.write("syms/truncated", "ffffffff81000000 T _text\nffffffff8100");
+    d.write("syms/empty", "");
+    let cases = [
+        ("--guestkallsyms", "garbage"),
+        ("--guestkallsyms", "truncated"),
+        ("--guestkallsyms", "empty"),
+        ("--guestmodules", "garbage"),
+        ("--guestvmlinux", "garbage"),
+        ("--guestvmlinux", "truncated"),
+    ];
+    for (option, file) in cases {
+        let path = format!("{}/syms/{file}", d.path());
+        let o = run(&[
+            "profile",
+            "-g",
+            "web",
+            option,
+            &path,
+            "-b",
+            "-n",
+            "1",
+            "--proc-root",
+            d.path(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{option} {file}: {err}");
+        assert!(
+            err.contains("guest symbols for web") && err.contains(&path),
+            "{option} {file}: the error names the guest and the file: {err}"
+        );
+        assert!(
+            err.contains("fix or leave out that option"),
+            "{option} {file}: the error says what to do: {err}"
+        );
+        assert!(!err.contains("panicked"), "{option} {file}: {err}");
+    }
+}
