@@ -59,7 +59,8 @@ awk -v kt="$(cat "$work/kvmtop.time")" -v kf="$frames" \
 # has printed as many refreshes as kvmtop did or for $KVM_STAT_SECS
 # (default 240) by the wall clock, then gets SIGINT (to kvm_stat itself:
 # GNU time does not pass signals on), and SIGKILL 10 s later if it is
-# still there (during its start it does not stop on SIGINT). GNU time
+# still there (in the run on record it had not stopped 10 s after its
+# SIGINT, its refreshes taking about 11 s each there). GNU time
 # reports the rusage of a killed command too. Both tools' CPU includes
 # their start.
 : > "$work/kvm_stat.out"

@@ -9,14 +9,19 @@
 # $1: the directory holding the project's binaries (kvmreg-fixture).
 echo "TAP version 13"
 bin=$1
-PATH=$bin:$PATH
 . "$(dirname "$0")/tap.sh"
 
 OWNER=1000
 OTHER=2000
 work=/tmp/permissions
-mkdir -p "$work"
-chmod 755 "$work"
+mkdir -p "$work/bin"
+chmod 755 "$work" "$work/bin"
+# The other uids run a copy of the fixture: $bin may be below a directory
+# only its owner can enter (a checkout in /root).
+cp "$bin/kvmreg-fixture" "$work/bin/" ||
+	{ echo "Bail out! cannot copy kvmreg-fixture"; exit 1; }
+chmod 755 "$work/bin/kvmreg-fixture"
+PATH=$work/bin:$PATH
 kvm_mode=$(stat -c %a /dev/kvm)
 scope_file=/proc/sys/kernel/yama/ptrace_scope
 scope=$(cat $scope_file 2>/dev/null)

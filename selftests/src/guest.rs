@@ -16,7 +16,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,10 @@ pub const GUEST_FAIL: u8 = 1;
 pub const GUEST_INIT_ERROR: u8 = 2;
 /// The 9p mount tag of the writable run directory.
 pub const OUT_TAG: &str = "kvmreg-out";
+/// The directories the guest covers with a tmpfs of its own (and their
+/// modes): the host's files there are not the test VM's business, but a
+/// checkout or a target directory under them is (see [`mount_scratch`]).
+pub const SCRATCH_DIRS: &[(&str, u32)] = &[("/tmp", 0o1777), ("/run", 0o755)];
 
 pub fn main(plan_path: &Path) -> ! {
     let status = match run(plan_path) {
@@ -44,12 +48,15 @@ pub fn main(plan_path: &Path) -> ! {
 }
 
 fn run(plan_path: &Path) -> Result<Counts> {
-    mount_basics()?;
-    loopback_up()?;
+    mount_pseudo()?;
+    // The plan is read before the scratch tmpfs mounts go up: it may sit
+    // under one of them, as may the host directories it names.
     let plan: Plan = serde_json::from_str(
         &fs::read_to_string(plan_path)
             .with_context(|| format!("cannot read the plan {}", plan_path.display()))?,
     )?;
+    mount_scratch(&plan.keep)?;
+    loopback_up()?;
     mount(
         OUT_TAG,
         &plan.out_dir,
@@ -107,13 +114,11 @@ fn run_plan(plan: &Plan, summary: &mut Summary) -> Result<()> {
     Ok(())
 }
 
-fn mount_basics() -> Result<()> {
+fn mount_pseudo() -> Result<()> {
     mount("proc", Path::new("/proc"), "proc", 0, "")?;
     mount("sysfs", Path::new("/sys"), "sysfs", 0, "")?;
     // devtmpfs is usually mounted by the kernel already (DEVTMPFS_MOUNT).
     let _ = mount("devtmpfs", Path::new("/dev"), "devtmpfs", 0, "");
-    mount("tmpfs", Path::new("/tmp"), "tmpfs", 0, "mode=1777")?;
-    mount("tmpfs", Path::new("/run"), "tmpfs", 0, "mode=755")?;
     let _ = mount("tmpfs", Path::new("/dev/shm"), "tmpfs", 0, "mode=1777");
     // Pseudo-terminals, for the tests that drive kvmtop in tmux.
     std::fs::create_dir_all("/dev/pts")?;
@@ -132,6 +137,122 @@ fn mount_basics() -> Result<()> {
     std::env::set_var("HOME", "/tmp");
     Ok(())
 }
+
+/// Covers [`SCRATCH_DIRS`] with empty tmpfs mounts, as a booted system
+/// has, keeping visible the host directories in `keep` (a checkout or a
+/// target directory under `/tmp` or `/run`): each is cloned from the host's
+/// tree before the tmpfs goes up and attached at its own path inside it,
+/// below directories with the host's modes and owners (so a checkout in a
+/// 0700 directory is as unreachable to other users here as on the host).
+fn mount_scratch(keep: &[PathBuf]) -> Result<()> {
+    for (dir, mode) in SCRATCH_DIRS {
+        let mine: Vec<&PathBuf> = keep.iter().filter(|p| p.starts_with(dir)).collect();
+        let mut kept = Vec::new();
+        for path in mine {
+            kept.push(KeptTree::clone_of(path, Path::new(dir))?);
+        }
+        mount(
+            "tmpfs",
+            Path::new(dir),
+            "tmpfs",
+            0,
+            &format!("mode={mode:o}"),
+        )?;
+        for tree in kept {
+            tree.attach()
+                .with_context(|| format!("cannot keep {} visible", tree.path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A host directory cloned (`open_tree`) before a tmpfs covers it.
+struct KeptTree {
+    path: PathBuf,
+    /// The detached copy of the mount tree at `path`.
+    tree: OwnedFd,
+    /// The directories from the tmpfs root down to `path` (exclusive), with
+    /// the host's mode, uid and gid of each.
+    parents: Vec<(PathBuf, u32, u32, u32)>,
+}
+
+impl KeptTree {
+    fn clone_of(path: &Path, root: &Path) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let mut parents = Vec::new();
+        let mut dir = root.to_path_buf();
+        let below = path.strip_prefix(root)?;
+        let mut components = below.components().peekable();
+        while let Some(c) = components.next() {
+            if components.peek().is_none() {
+                break;
+            }
+            dir.push(c);
+            let m = fs::metadata(&dir).with_context(|| format!("stat {}", dir.display()))?;
+            parents.push((dir.clone(), m.mode() & 0o7777, m.uid(), m.gid()));
+        }
+        let cpath = CString::new(path.as_os_str().as_encoded_bytes())?;
+        // SAFETY: open_tree reads the NUL-terminated path; on success it
+        // returns a new fd that nothing else owns.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                cpath.as_ptr(),
+                OPEN_TREE_CLONE
+                    | libc::O_CLOEXEC as libc::c_uint
+                    | libc::AT_RECURSIVE as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            bail!(
+                "open_tree {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: fd is the new, unowned descriptor open_tree returned.
+        let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Self {
+            path: path.to_path_buf(),
+            tree,
+            parents,
+        })
+    }
+
+    fn attach(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for (dir, mode, uid, gid) in &self.parents {
+            if !dir.exists() {
+                fs::create_dir(dir)?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(*mode))?;
+                std::os::unix::fs::chown(dir, Some(*uid), Some(*gid))?;
+            }
+        }
+        fs::create_dir_all(&self.path)?;
+        let cpath = CString::new(self.path.as_os_str().as_encoded_bytes())?;
+        // SAFETY: move_mount attaches the detached tree behind self.tree at
+        // the NUL-terminated path; both stay valid across the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                self.tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                cpath.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if rc != 0 {
+            bail!("move_mount: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// `open_tree(2)` and `move_mount(2)` flags (linux/mount.h).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
 /// Brings `lo` up, as a normal boot does: suites serve and scrape on
 /// 127.0.0.1 (kvmtop's metrics endpoint).

@@ -45,6 +45,7 @@ fn run_built(
     let plan = Plan {
         out_dir: Default::default(),
         modules: Vec::new(),
+        keep: Vec::new(),
         suites: suites::repeat(suites::expand(names, &kernel)?, repeat),
     };
     qemu::run(&kernel, plan, quiet)

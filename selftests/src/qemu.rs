@@ -60,24 +60,39 @@ fn new_run_dir(kernel: &Kernel) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The guest mounts tmpfs over these: a checkout or a cargo target
-/// directory below them is invisible in the test VM.
-const GUEST_TMPFS: &[&str] = &["/tmp", "/run"];
-
-/// Refuses a checkout or target directory the test VM cannot see, with the
-/// fix, instead of a guest that cannot find its plan.
-fn hidden_from_guest_check() -> Result<()> {
+/// The host directories the guest must see that lie under its scratch
+/// tmpfs mounts ([`crate::guest::SCRATCH_DIRS`]): the checkout, the build
+/// directory (which holds the run directory) and cargo's target directory,
+/// outermost only.
+fn kept_dirs() -> Result<Vec<PathBuf>> {
     let exe = std::env::current_exe()?;
-    for p in [crate::paths::build_dir(), exe] {
-        if let Some(t) = GUEST_TMPFS.iter().find(|t| p.starts_with(t)) {
-            anyhow::bail!(
-                "{} is under {t}, which the test VM covers with a tmpfs of its own: put the checkout and the cargo target directory (CARGO_TARGET_DIR) outside {}",
-                p.display(),
-                GUEST_TMPFS.join(" and ")
-            );
-        }
+    // <target>/debug/harness -> <target>
+    let target = exe.parent().and_then(Path::parent).unwrap_or(&exe);
+    let mut dirs = Vec::new();
+    for p in [
+        crate::paths::repo_root(),
+        crate::paths::build_dir(),
+        target.to_path_buf(),
+    ] {
+        let p = fs::canonicalize(&p).with_context(|| format!("cannot resolve {}", p.display()))?;
+        dirs.push(p);
     }
-    Ok(())
+    Ok(outermost_under_scratch(dirs))
+}
+
+/// Those of `dirs` under a scratch directory, without any that lies inside
+/// another.
+fn outermost_under_scratch(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+    dirs.retain(|d| {
+        crate::guest::SCRATCH_DIRS
+            .iter()
+            .any(|(s, _)| d.starts_with(s) && d != Path::new(s))
+    });
+    dirs.sort();
+    dirs.dedup();
+    let all = dirs.clone();
+    dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
+    dirs
 }
 
 /// QEMU's debug log in the run directory (`-d cpu_reset`).
@@ -85,9 +100,9 @@ const QEMU_LOG: &str = "qemu-debug.log";
 
 /// Boots `kernel` with `plan.suites` and returns the judged results.
 pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
-    hidden_from_guest_check()?;
     let dir = new_run_dir(kernel)?;
     plan.out_dir = dir.clone();
+    plan.keep = kept_dirs()?;
     plan.modules = kernel.modules.clone();
     let plan_path = dir.join("plan.json");
     fs::write(&plan_path, serde_json::to_string_pretty(&plan)?)?;
@@ -313,4 +328,33 @@ pub fn report(r: &RunResult) {
     }
     println!("results: {}", r.dir.join("results.tap").display());
     println!("{}", r.counts.line());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(v: &[&str]) -> Vec<PathBuf> {
+        v.iter().map(PathBuf::from).collect()
+    }
+
+    #[test]
+    fn keeps_outermost_dirs_under_scratch_only() {
+        // A checkout in /tmp with its target and build directories inside.
+        assert_eq!(
+            outermost_under_scratch(paths(&[
+                "/tmp/kvmreg",
+                "/tmp/kvmreg/target/harness",
+                "/tmp/kvmreg/target"
+            ])),
+            paths(&["/tmp/kvmreg"])
+        );
+        // A checkout elsewhere with its target under /run, and one in /root.
+        assert_eq!(
+            outermost_under_scratch(paths(&["/root/k", "/root/k/target/harness", "/run/t"])),
+            paths(&["/run/t"])
+        );
+        // /tmpfoo is not under /tmp; /tmp itself is never kept.
+        assert!(outermost_under_scratch(paths(&["/tmpfoo/k", "/tmp"])).is_empty());
+    }
 }

@@ -17,6 +17,10 @@ pub struct Plan {
     pub out_dir: PathBuf,
     /// Modules to load before the suites run, in order.
     pub modules: Vec<PathBuf>,
+    /// Host directories the suites use that lie under the guest's own tmpfs
+    /// mounts (`guest::SCRATCH_DIRS`); the guest keeps them visible.
+    #[serde(default)]
+    pub keep: Vec<PathBuf>,
     pub suites: Vec<SuiteRun>,
 }
 

@@ -191,22 +191,6 @@ fn setup_real_mode(vcpu: &VcpuFd) -> Result<()> {
 /// `busy` 0: idle, the thread sleeps after the first `hlt` (the vCPU and
 /// its thread stay, as those of a guest that does nothing).
 fn run_vcpu(vcpu: &mut VcpuFd, busy: u32, mut on_hlt: impl FnMut()) -> Result<()> {
-    if busy == 0 {
-        loop {
-            match vcpu.run() {
-                Ok(VcpuExit::Hlt) => {
-                    on_hlt();
-                    loop {
-                        std::thread::park();
-                    }
-                }
-                Ok(VcpuExit::Intr) => {}
-                Ok(other) => bail!("unexpected exit {other:?}"),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-                Err(e) => bail!("KVM_RUN: {e}"),
-            }
-        }
-    }
     let busy = busy.min(100);
     let mut resumed = Instant::now();
     let mut ran = Duration::ZERO;
@@ -215,6 +199,11 @@ fn run_vcpu(vcpu: &mut VcpuFd, busy: u32, mut on_hlt: impl FnMut()) -> Result<()
         match vcpu.run() {
             Ok(VcpuExit::Hlt) => {
                 on_hlt();
+                if busy == 0 {
+                    loop {
+                        std::thread::park();
+                    }
+                }
                 if busy < 100 {
                     ran += resumed.elapsed();
                     let want_idle = ran * (100 - busy) / busy;

@@ -288,11 +288,20 @@ fn unprivileged_discovery_skips_without_error() {
         eprintln!("SKIPPED unprivileged_discovery_skips_without_error: needs root to run a probe as nobody");
         return;
     }
+    // The binary in target/ may sit below a directory only its owner can
+    // enter (a clone in /root), so nobody runs a copy.
+    let exe = match ExeCopy::for_others(env!("CARGO_BIN_EXE_kvmreg-discover")) {
+        Ok(exe) => exe,
+        Err(why) => {
+            eprintln!("SKIPPED unprivileged_discovery_skips_without_error: {why}; discovery as another user NOT tested");
+            return;
+        }
+    };
     let fx = Fixture::start(&["--guests", "p", "--vcpus", "1", "--busy", "10"]);
     let pid = fx.lines[0].pid;
     use std::os::unix::process::CommandExt;
     let tid = fx.lines[0].tids[0].to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_kvmreg-discover"))
+    let out = Command::new(&exe.path)
         .args(["--sample-tid", &tid])
         .uid(65534)
         .gid(65534)
@@ -323,6 +332,53 @@ fn unprivileged_discovery_skips_without_error() {
         e.contains("CAP_PERFMON") && e.contains("perf_event_paranoid"),
         "{e}"
     );
+}
+
+/// A copy of a binary that any user can run, removed on drop: in a
+/// directory of its own under the temporary directory, all of whose
+/// ancestors must be searchable by others.
+struct ExeCopy {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl ExeCopy {
+    fn for_others(src: &str) -> Result<Self, String> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = std::env::temp_dir();
+        for dir in tmp.ancestors() {
+            let mode = std::fs::metadata(dir)
+                .map_err(|e| format!("cannot stat {}: {e}", dir.display()))?
+                .mode();
+            if mode & 0o001 == 0 {
+                return Err(format!(
+                    "{} (mode {:o}) cannot be entered by other users, so the temporary directory {} cannot hold a binary for them: set TMPDIR to a directory they can reach",
+                    dir.display(),
+                    mode & 0o7777,
+                    tmp.display()
+                ));
+            }
+        }
+        let dir = tmp.join(format!("kvmreg-test-exe-{}", std::process::id()));
+        let name = std::path::Path::new(src).file_name().unwrap_or_default();
+        let path = dir.join(name);
+        // Made before the copy, so a failed copy is cleaned up too.
+        let exe = Self { dir, path };
+        let copy = |exe: &Self| -> std::io::Result<()> {
+            std::fs::create_dir(&exe.dir)?;
+            std::fs::set_permissions(&exe.dir, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::copy(src, &exe.path)?;
+            std::fs::set_permissions(&exe.path, std::fs::Permissions::from_mode(0o755))
+        };
+        copy(&exe).map_err(|e| format!("cannot copy {src} to {}: {e}", exe.path.display()))?;
+        Ok(exe)
+    }
+}
+
+impl Drop for ExeCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Mount debugfs in a private mount namespace only, so the host's mounts
