@@ -839,11 +839,13 @@ fn stress(args: &Args) -> i32 {
                 cr > 0 && de > 0,
                 &format!("KVM uevents arrive (create {cr}, destroy {de})"),
             );
-            let what = "every KVM uevent has VM_ID=, create and rename also VM_NAME=";
+            let what =
+                "every KVM uevent has VM_ID= and no VM_NAME=, none precedes its VM's create event";
             if registry {
                 tap.point(
                     u.missing_id == 0
-                        && u.missing_name == 0
+                        && u.named == 0
+                        && u.before_create == 0
                         && u.failures.count == 0
                         && (get(&c.renamed) + get(&c.named) == 0 || u.kind("rename") > 0),
                     &format!("{what} (rename {})", u.kind("rename")),

@@ -26,4 +26,4 @@ pub use discover::{
     discover, discover_with, guest_counters, guest_counters_of, guest_stats, Config, Discovery,
 };
 pub use model::{Guest, GuestName, Provenance, Source, Vcpu};
-pub use select::{select, SelectError};
+pub use select::{select, select_as, SelectError};

@@ -48,8 +48,10 @@ impl fmt::Display for Source {
 #[serde(tag = "kind", content = "name", rename_all = "kebab-case")]
 pub enum GuestName {
     /// The name the kernel holds for the VM (`KVM_SET_VM_NAME`, default
-    /// `kvm<id>`): unique per pid namespace, set only by the VMM or a
-    /// process with ptrace rights over it.
+    /// `kvm<id>`): unique among the VMs of its owner uid in a pid
+    /// namespace, set only by the VMM or a process with ptrace rights over
+    /// it. Names belong to users: two users' VMs may share one, which
+    /// [`Guest::qualified_name`] tells apart.
     Kernel(String),
     /// A qemu `-name` argument read from the owner's command line. Any
     /// process can put anything there, and one process may run several VMs,
@@ -155,13 +157,40 @@ impl Guest {
         }
     }
 
-    /// A short label for lists and errors: the name, else `pid N`.
-    pub fn label(&self) -> String {
+    /// The guest's name as `viewer_uid` refers to it, as `/proc/kvm` names
+    /// its link: a kernel name plainly for the viewer's own VMs (and where
+    /// the owner uid is unknown), `<name>@<uid>` for other users' VMs; a
+    /// qemu `-name` hint as it is.
+    pub fn qualified_name(&self, viewer_uid: u32) -> Option<String> {
+        match (&self.name, self.uid) {
+            (Some(GuestName::Kernel(n)), Some(u)) if u != viewer_uid => Some(format!("{n}@{u}")),
+            (Some(n), _) => Some(n.as_str().to_string()),
+            (None, _) => None,
+        }
+    }
+
+    /// A short label for lists and errors, for `viewer_uid`: the
+    /// [qualified name](Self::qualified_name) (a hint marked as such), else
+    /// `pid N`.
+    pub fn label_for(&self, viewer_uid: u32) -> String {
         match &self.name {
-            Some(n) => n.to_string(),
+            Some(GuestName::Kernel(_)) => self.qualified_name(viewer_uid).unwrap_or_default(),
+            Some(hint) => hint.to_string(),
             None => format!("pid {}", self.pid),
         }
     }
+
+    /// [`label_for`](Self::label_for) this process' effective uid.
+    pub fn label(&self) -> String {
+        self.label_for(current_euid())
+    }
+}
+
+/// This process' effective uid: whose guests are "mine" (`/proc/kvm`
+/// compares the owner uid with the reader's fsuid, which follows the euid).
+pub fn current_euid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 #[cfg(test)]
@@ -177,6 +206,22 @@ mod tests {
         assert_ne!(k, h);
         assert!(k.is_kernel() && !h.is_kernel());
         assert_eq!(h.as_str(), "web");
+    }
+
+    #[test]
+    fn other_users_names_are_qualified() {
+        let mut g = Guest::new(10);
+        g.name = Some(GuestName::Kernel("web".into()));
+        assert_eq!(g.qualified_name(0).as_deref(), Some("web"));
+        g.uid = Some(64055);
+        assert_eq!(g.qualified_name(64055).as_deref(), Some("web"));
+        assert_eq!(g.qualified_name(0).as_deref(), Some("web@64055"));
+        assert_eq!(g.label_for(0), "web@64055");
+        g.name = Some(GuestName::CmdlineHint("web".into()));
+        assert_eq!(g.qualified_name(0).as_deref(), Some("web"));
+        assert_eq!(g.label_for(0), "web? (qemu -name, unverified)");
+        g.name = None;
+        assert_eq!(g.label_for(0), "pid 10");
     }
 
     #[test]

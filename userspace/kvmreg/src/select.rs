@@ -1,6 +1,10 @@
 //! Picking one guest, as the 2010 thread asked for `perf kvm`: with no
 //! argument and exactly one guest, that one; otherwise a name, a pid or an
 //! id; anything ambiguous or unknown is an error listing the candidates.
+//!
+//! Names belong to users, as in `/proc/kvm`: a plain name means one of the
+//! caller's own guests, `<name>@<uid>` another user's. So root's
+//! `-g web` never lands on a guest another user called `web`.
 
 use crate::{Guest, GuestName};
 use std::fmt;
@@ -8,19 +12,16 @@ use std::fmt;
 /// One candidate in an error message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    pub name: Option<GuestName>,
+    /// The guest's label for the caller ([`Guest::label_for`]).
+    pub label: String,
     pub id: Option<u64>,
     pub pid: u32,
 }
 
 impl fmt::Display for Candidate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = self
-            .name
-            .as_ref()
-            .map_or("-".to_string(), |n| n.to_string());
         let id = self.id.map_or("-".to_string(), |i| i.to_string());
-        write!(f, "  name {name:<20} id {id:<6} pid {}", self.pid)
+        write!(f, "  name {:<20} id {id:<6} pid {}", self.label, self.pid)
     }
 }
 
@@ -46,17 +47,29 @@ pub enum SelectError {
     },
 }
 
-fn candidate(g: &Guest) -> Candidate {
+fn candidate(g: &Guest, viewer_uid: u32) -> Candidate {
     Candidate {
-        name: g.name.clone(),
+        label: g.label_for(viewer_uid),
         id: g.id,
         pid: g.pid,
     }
 }
 
-/// Select one guest. `wanted` is a kernel name, then an id, then a pid,
-/// then (only if nothing else matched) an unverified qemu `-name` hint.
+/// Select one guest for this process' effective uid: see [`select_as`].
 pub fn select<'a>(guests: &'a [Guest], wanted: Option<&str>) -> Result<&'a Guest, SelectError> {
+    select_as(guests, wanted, crate::model::current_euid())
+}
+
+/// Select one guest for `viewer_uid`. `wanted` is a kernel name as the
+/// viewer sees it (its own guests' plain names, `<name>@<uid>` for other
+/// users'), then an id, then a pid, then (only if nothing else matched)
+/// an unverified qemu `-name` hint.
+pub fn select_as<'a>(
+    guests: &'a [Guest],
+    wanted: Option<&str>,
+    viewer_uid: u32,
+) -> Result<&'a Guest, SelectError> {
+    let candidate = |g: &Guest| candidate(g, viewer_uid);
     let all = || guests.iter().map(candidate).collect::<Vec<_>>();
     let Some(w) = wanted else {
         return match guests {
@@ -67,7 +80,10 @@ pub fn select<'a>(guests: &'a [Guest], wanted: Option<&str>) -> Result<&'a Guest
     };
     let num: Option<u64> = w.parse().ok();
     let tiers: [&dyn Fn(&Guest) -> bool; 4] = [
-        &|g| matches!(&g.name, Some(GuestName::Kernel(n)) if n == w),
+        &|g| {
+            g.name.as_ref().is_some_and(GuestName::is_kernel)
+                && g.qualified_name(viewer_uid).as_deref() == Some(w)
+        },
         &|g| num.is_some() && g.id == num,
         &|g| num.is_some_and(|n| u64::from(g.pid) == n),
         &|g| matches!(&g.name, Some(GuestName::CmdlineHint(n)) if n == w),
@@ -143,5 +159,25 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("no guest matches 'nope'"));
         assert!(msg.contains("batch? (qemu -name, unverified)"), "{msg}");
+    }
+
+    #[test]
+    fn names_belong_to_users() {
+        let mut mine = g(k("web"), Some(3), 100);
+        mine.uid = Some(0);
+        let mut theirs = g(k("web"), Some(4), 200);
+        theirs.uid = Some(64055);
+        let gs = [mine, theirs];
+        assert_eq!(select_as(&gs, Some("web"), 0).unwrap().id, Some(3));
+        assert_eq!(select_as(&gs, Some("web@64055"), 0).unwrap().id, Some(4));
+        assert_eq!(select_as(&gs, Some("web"), 64055).unwrap().id, Some(4));
+        assert_eq!(select_as(&gs, Some("web@0"), 64055).unwrap().id, Some(3));
+        // The owner's own guest has no qualified name for it.
+        assert!(select_as(&gs, Some("web@0"), 0).is_err());
+        // Root's plain "web" never lands on another user's guest.
+        let e = select_as(&gs[1..], Some("web"), 0).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("no guest matches 'web'"), "{msg}");
+        assert!(msg.contains("web@64055"), "{msg}");
     }
 }

@@ -30,10 +30,10 @@ pub struct KvmEvent {
     pub kind: KvmEventKind,
     /// `PID=`: the thread that created the VM.
     pub pid: Option<u32>,
-    /// `VM_ID=` (registry kernels).
+    /// `VM_ID=` (registry kernels). Events carry no name: uevents reach
+    /// every local user, a VM's name only those who may see it in `/proc`,
+    /// so a listener reads the name there (`/proc/<pid>/kvm/<id>/name`).
     pub vm_id: Option<u64>,
-    /// `VM_NAME=` (registry kernels).
-    pub vm_name: Option<String>,
 }
 
 /// Parse one kernel uevent message; `None` unless it is KVM's
@@ -47,7 +47,7 @@ pub fn parse_uevent(msg: &[u8]) -> Option<KvmEvent> {
         return None;
     }
     let (mut subsystem, mut devpath, mut event) = (None, None, None);
-    let (mut pid, mut vm_id, mut vm_name) = (None, None, None);
+    let (mut pid, mut vm_id) = (None, None);
     for f in fields {
         let f = std::str::from_utf8(f).ok()?;
         let Some((k, v)) = f.split_once('=') else {
@@ -59,7 +59,6 @@ pub fn parse_uevent(msg: &[u8]) -> Option<KvmEvent> {
             "EVENT" => event = Some(v),
             "PID" => pid = v.parse().ok(),
             "VM_ID" => vm_id = v.parse().ok(),
-            "VM_NAME" => vm_name = Some(v.to_string()),
             _ => {}
         }
     }
@@ -72,12 +71,7 @@ pub fn parse_uevent(msg: &[u8]) -> Option<KvmEvent> {
         "rename" => KvmEventKind::Rename,
         o => KvmEventKind::Other(o.to_string()),
     };
-    Some(KvmEvent {
-        kind,
-        pid,
-        vm_id,
-        vm_name,
-    })
+    Some(KvmEvent { kind, pid, vm_id })
 }
 
 /// A receive-only kobject-uevent socket.
@@ -276,7 +270,6 @@ mod tests {
             "EVENT=create",
             "PID=1234",
             "VM_ID=5",
-            "VM_NAME=web",
         ]);
         assert_eq!(
             parse_uevent(&m),
@@ -284,7 +277,6 @@ mod tests {
                 kind: KvmEventKind::Create,
                 pid: Some(1234),
                 vm_id: Some(5),
-                vm_name: Some("web".into())
             })
         );
         let unpatched = msg(&[

@@ -70,6 +70,8 @@ pub fn read(cfg: &Config) -> Reading {
 /// One guest's line in a frame.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
+    /// The name as `/proc/kvm` shows it to this user: `<name>@<uid>` for
+    /// another user's guest.
     pub name: Option<String>,
     /// False for an unverified qemu `-name` hint.
     pub name_verified: bool,
@@ -174,7 +176,7 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Guest) -> Row {
     };
     let rates_c = pair.map(|(a, b)| counter_rates(a, b, secs));
     Row {
-        name: g.name.as_ref().map(|n| n.as_str().to_string()),
+        name: g.qualified_name(kvmreg::model::current_euid()),
         name_verified: g.name.as_ref().is_some_and(|n| n.is_kernel()),
         id: g.id,
         pid: g.pid,

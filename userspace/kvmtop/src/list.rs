@@ -8,6 +8,8 @@ use serde::Serialize;
 /// One guest as `list` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
+    /// The name as `/proc/kvm` shows it to this user: `<name>@<uid>` for
+    /// another user's guest (whose uid is also `uid`).
     pub name: Option<String>,
     /// `kernel` (the registry's name) or `cmdline-hint` (qemu `-name`,
     /// unverified); `null` without a name.
@@ -74,7 +76,7 @@ pub fn entry(proc: &ProcRoot, g: &Guest) -> Entry {
         }
     }
     Entry {
-        name: g.name.as_ref().map(|n| n.as_str().to_string()),
+        name: g.qualified_name(kvmreg::model::current_euid()),
         name_kind: g.name.as_ref().map(|n| match n {
             GuestName::Kernel(_) => "kernel",
             GuestName::CmdlineHint(_) => "cmdline-hint",

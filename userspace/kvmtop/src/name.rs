@@ -9,12 +9,13 @@ use std::io::Write;
 pub fn explain(errno: Option<i32>, g: &str, new: &str) -> String {
     match errno {
         Some(libc::EINVAL) => format!(
-            "'{new}' is not a valid guest name: use 1 to 63 characters of A-Z a-z 0-9 . _ + : @ -, \
-not starting with '.' or '-', and not kvm<digits> (the default-name form)"
+            "'{new}' is not a valid guest name: use 1 to 63 characters of A-Z a-z 0-9 . _ + : -, \
+not starting with '.' or '-', and not kvm<digits> (the default-name form); \
+'@' only qualifies other users' names (web@64055) and is never part of one"
         ),
         Some(libc::EEXIST) => format!(
-            "another guest is already named '{new}' (names are unique per pid namespace); \
-rename that one first or pick another name"
+            "another guest of the same owner is already named '{new}' (names are unique \
+per owner uid and pid namespace); rename that one first or pick another name"
         ),
         Some(libc::EACCES) | Some(libc::EPERM) => format!(
             "not allowed to rename guest {g}: renaming needs ptrace rights over its VMM \

@@ -28,7 +28,10 @@ pub fn escape(v: &str) -> String {
 fn labels(g: &Guest) -> String {
     format!(
         "name=\"{}\",id=\"{}\",pid=\"{}\"",
-        escape(g.name.as_ref().map_or("", |n| n.as_str())),
+        escape(
+            &g.qualified_name(kvmreg::model::current_euid())
+                .unwrap_or_default()
+        ),
         g.id.map_or(String::new(), |i| i.to_string()),
         g.pid
     )

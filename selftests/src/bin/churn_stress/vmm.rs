@@ -163,7 +163,7 @@ impl Worker {
         let name = match self.rng.below(3) {
             0 => format!("churn-{seed}-{n}-{k}{step}"),
             1 => format!("churn.{seed}_{n}:{k}{step}"),
-            _ => format!("churn+{seed}@{n}.{k}{step}"),
+            _ => format!("churn+{seed}+{n}.{k}{step}"),
         };
         (name, false)
     }
