@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fake_registry_vm, run, TempDir};
+use common::{fake_registry_vm, fake_registry_vm_of, run, TempDir};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
@@ -22,7 +22,7 @@ fn list_json_shows_registry_names_ids_and_sources() {
     assert_eq!(a[0]["name_kind"], "kernel");
     assert_eq!(a[0]["id"], 3);
     assert_eq!(a[0]["pid"], 10);
-    assert_eq!(a[0]["uid"], 1000);
+    assert_eq!(a[0]["uid"], kvmreg::model::current_euid());
     assert_eq!(a[0]["memory_bytes"], 2048 * 1024);
     assert_eq!(a[0]["vcpu_tids"], serde_json::json!([11]));
     assert_eq!(a[0]["sources"][0], "proc-kvm");
@@ -33,6 +33,69 @@ fn list_json_shows_registry_names_ids_and_sources() {
         t.lines()
             .any(|l| l.starts_with("web ") && l.contains(" 2M ")),
         "{t}"
+    );
+}
+
+/// Names belong to users: another user's `web` is `web@<uid>` in every
+/// view, `-g web` is never it, and `-g web@<uid>` picks it.
+#[test]
+fn other_users_guests_are_qualified_and_never_taken_for_ones_own() {
+    let me = kvmreg::model::current_euid();
+    let other = if me == 4242 { 4243 } else { 4242 };
+    let d = TempDir::new("other-user");
+    fake_registry_vm(&d, 10, 3, "web", 5);
+    fake_registry_vm_of(&d, 20, 4, "web", 7, other);
+    let o = run(&["list", "--json", "--proc-root", d.path()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let names: Vec<&str> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    let qualified = format!("web@{other}");
+    assert_eq!(names, ["web", qualified.as_str()], "{v}");
+    let stat_pid = |g: &str| {
+        let o = run(&[
+            "stat",
+            "-b",
+            "-n",
+            "1",
+            "-d",
+            "0.1",
+            "--json",
+            "-g",
+            g,
+            "--proc-root",
+            d.path(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).expect("JSON frame");
+        v["pid"].clone()
+    };
+    assert_eq!(stat_pid("web"), 10);
+    assert_eq!(stat_pid(&qualified), 20);
+    // Alone, the other user's guest is still not "web".
+    let d2 = TempDir::new("other-user-alone");
+    fake_registry_vm_of(&d2, 20, 4, "web", 7, other);
+    let o = run(&[
+        "stat",
+        "-b",
+        "-n",
+        "1",
+        "-d",
+        "0.1",
+        "-g",
+        "web",
+        "--proc-root",
+        d2.path(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no guest matches 'web'") && err.contains(&qualified),
+        "{err}"
     );
 }
 

@@ -213,13 +213,21 @@ impl Drop for TempDir {
     }
 }
 
-/// A fake /proc of a registry kernel: VM `name` id `id` owned by `pid`,
-/// with a stats file holding `exits`.
+/// A fake /proc of a registry kernel: VM `name` id `id` owned by `pid`
+/// and by the caller's uid, with a stats file holding `exits`.
 pub fn fake_registry_vm(d: &TempDir, pid: u32, id: u64, name: &str, exits: u64) {
+    fake_registry_vm_of(d, pid, id, name, exits, kvmreg::model::current_euid());
+}
+
+/// [`fake_registry_vm`] owned by `uid`: another user's VM when it is not
+/// the caller's, linked as `<name>@<uid>` as the kernel shows it.
+pub fn fake_registry_vm_of(d: &TempDir, pid: u32, id: u64, name: &str, exits: u64, uid: u32) {
     d.write(&format!("{pid}/kvm/{id}/name"), format!("{name}\n"));
     d.write(
         &format!("{pid}/kvm/{id}/status"),
-        format!("Name:\t{name}\nId:\t{id}\nPid:\t{pid}\nUid:\t1000\nVcpus:\t1\nMemoryKiB:\t2048\n"),
+        format!(
+            "Name:\t{name}\nId:\t{id}\nPid:\t{pid}\nUid:\t{uid}\nVcpus:\t1\nMemoryKiB:\t2048\n"
+        ),
     );
     d.write(
         &format!("{pid}/kvm/{id}/vcpus"),
@@ -231,5 +239,10 @@ pub fn fake_registry_vm(d: &TempDir, pid: u32, id: u64, name: &str, exits: u64) 
         &[("exits", 0, &[exits]), ("remote_tlb_flush", 0, &[3])],
     );
     d.write(&format!("{pid}/kvm/{id}/stats"), stats);
-    d.symlink(&format!("kvm/{name}"), &format!("../{pid}/kvm/{id}"));
+    let link = if uid == kvmreg::model::current_euid() {
+        name.to_string()
+    } else {
+        format!("{name}@{uid}")
+    };
+    d.symlink(&format!("kvm/{link}"), &format!("../{pid}/kvm/{id}"));
 }
