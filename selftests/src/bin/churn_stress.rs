@@ -450,14 +450,16 @@ fn present(debugfs: bool) -> Present {
 }
 
 impl Present {
+    /// The ids of the VMs present.
+    fn ids(&self) -> HashSet<u64> {
+        (self.pid_kvm.iter().map(|&(_, id)| id))
+            .chain(self.proc_kvm.iter().map(|(_, id)| *id))
+            .collect()
+    }
+
     /// What is here now and was not in `before`.
     fn new_since(&self, before: &Present) -> Present {
-        let old_ids: HashSet<u64> = before
-            .pid_kvm
-            .iter()
-            .map(|&(_, id)| id)
-            .chain(before.proc_kvm.iter().map(|(_, id)| *id))
-            .collect();
+        let old_ids = before.ids();
         Present {
             proc_kvm: (self.proc_kvm.iter())
                 .filter(|(_, id)| !old_ids.contains(id))
@@ -610,7 +612,11 @@ fn stress(args: &Args) -> i32 {
     let uevents = match uevent::open() {
         Ok(fd) => {
             let s = stop_uevents.clone();
-            spawn("uevents", move || uevent::listen(fd, &s, registry)).map_err(|e| e.to_string())
+            let existing = before.ids();
+            spawn("uevents", move || {
+                uevent::listen(fd, &s, registry, existing)
+            })
+            .map_err(|e| e.to_string())
         }
         Err(e) => Err(format!("uevent socket: {e}")),
     };

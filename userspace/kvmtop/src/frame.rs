@@ -176,7 +176,7 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Guest) -> Row {
     };
     let rates_c = pair.map(|(a, b)| counter_rates(a, b, secs));
     Row {
-        name: g.qualified_name(kvmreg::model::current_euid()),
+        name: g.qualified_name(crate::guests::viewer()),
         name_verified: g.name.as_ref().is_some_and(|n| n.is_kernel()),
         id: g.id,
         pid: g.pid,

@@ -8,6 +8,14 @@ use std::path::Path;
 pub const NO_GUESTS: &str = "no KVM guests found (none running, or none visible to this user: \
 guests of other users need root or ptrace rights over their VMM)";
 
+/// Whose guests are "mine" (shown and selected by plain name; others'
+/// as `name@uid`): this process' effective uid, read once, since kvmtop
+/// never changes it and a refresh should not pay a system call per guest.
+pub fn viewer() -> u32 {
+    static VIEWER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *VIEWER.get_or_init(kvmreg::model::current_euid)
+}
+
 /// A wrong guest choice by the user: exit status 2, like a usage error.
 #[derive(Debug)]
 pub struct ChoiceError(pub String);
@@ -40,7 +48,7 @@ pub fn pick(cfg: &Config, wanted: Option<&str>) -> anyhow::Result<Guest> {
 }
 
 pub fn pick_from<'a>(guests: &'a [Guest], wanted: Option<&str>) -> anyhow::Result<&'a Guest> {
-    match kvmreg::select(guests, wanted) {
+    match kvmreg::select_as(guests, wanted, viewer()) {
         Ok(g) => Ok(g),
         Err(SelectError::NoGuests) => Err(anyhow::anyhow!(nothing_to_show(Path::new("/dev/kvm")))),
         Err(e) => Err(ChoiceError(e.to_string()).into()),

@@ -76,7 +76,7 @@ pub fn entry(proc: &ProcRoot, g: &Guest) -> Entry {
         }
     }
     Entry {
-        name: g.qualified_name(kvmreg::model::current_euid()),
+        name: g.qualified_name(crate::guests::viewer()),
         name_kind: g.name.as_ref().map(|n| match n {
             GuestName::Kernel(_) => "kernel",
             GuestName::CmdlineHint(_) => "cmdline-hint",

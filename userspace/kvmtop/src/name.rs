@@ -43,7 +43,7 @@ pub fn name_path(cfg: &Config, g: &Guest) -> anyhow::Result<std::path::PathBuf> 
             "renaming needs the VM registry kernel (/proc/<pid>/kvm/<id>/name); this kernel has \
 no /proc/kvm, so guest {} has no kernel name to change. Boot a kernel with the kvmreg series, or \
 name the guest in its VMM (qemu -name)",
-            g.label()
+            g.label_for(crate::guests::viewer())
         ),
     }
 }
@@ -51,7 +51,7 @@ name the guest in its VMM (qemu -name)",
 pub fn run(cfg: &Config, wanted: &str, new: &str) -> anyhow::Result<()> {
     let g = guests::pick(cfg, Some(wanted))?;
     let path = name_path(cfg, &g)?;
-    let label = g.label();
+    let label = g.label_for(crate::guests::viewer());
     let r = std::fs::OpenOptions::new()
         .write(true)
         .open(&path)

@@ -137,15 +137,20 @@ impl Profiler {
         let loaded = gsym::load(&opts, g).map_err(|e| {
             anyhow::anyhow!(
                 "guest symbols for {}: {e} (fix or leave out that option to see raw addresses)",
-                g.label()
+                g.label_for(crate::guests::viewer())
             )
         })?;
         let mut notes = loaded.notes.clone();
         if loaded.kallsyms.is_none() && loaded.vmlinux.is_none() {
             notes.push("no guest symbols: pass --guestkallsyms, --guestvmlinux or --guestmount to name functions".into());
         }
-        let sampler = Sampler::new(std::slice::from_ref(g), SamplerConfig::default())
-            .map_err(|e| anyhow::anyhow!("cannot sample guest {}: {e}", g.label()))?;
+        let sampler =
+            Sampler::new(std::slice::from_ref(g), SamplerConfig::default()).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot sample guest {}: {e}",
+                    g.label_for(crate::guests::viewer())
+                )
+            })?;
         Ok(Profiler {
             guest: g.clone(),
             syms: loaded,
@@ -178,7 +183,7 @@ impl Profiler {
             notes.push("no guest-mode samples in this interval: without a hardware PMU (or on a kernel without guest-tagged samples) cpu-clock rarely lands in guest mode".into());
         }
         ProfileFrame {
-            guest: self.guest.label(),
+            guest: self.guest.label_for(crate::guests::viewer()),
             id: self.guest.id,
             pid: self.guest.pid,
             interval_s: secs,

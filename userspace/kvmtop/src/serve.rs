@@ -29,7 +29,7 @@ fn labels(g: &Guest) -> String {
     format!(
         "name=\"{}\",id=\"{}\",pid=\"{}\"",
         escape(
-            &g.qualified_name(kvmreg::model::current_euid())
+            &g.qualified_name(crate::guests::viewer())
                 .unwrap_or_default()
         ),
         g.id.map_or(String::new(), |i| i.to_string()),

@@ -105,7 +105,7 @@ fn counters(cfg: &Config, g: &Guest) -> anyhow::Result<Counters> {
     kvmreg::guest_counters(cfg, g).map_err(|e| {
         anyhow::anyhow!(
             "cannot read the KVM stats of guest {} (pid {}): {e}",
-            g.label(),
+            g.label_for(crate::guests::viewer()),
             g.pid
         )
     })
@@ -114,7 +114,7 @@ fn counters(cfg: &Config, g: &Guest) -> anyhow::Result<Counters> {
 /// The frame of the `secs` from reading `prev` to reading `cur`.
 fn stat_frame(g: &Guest, prev: &Counters, cur: &Counters, secs: f64) -> StatFrame {
     StatFrame {
-        guest: g.label(),
+        guest: g.label_for(crate::guests::viewer()),
         id: g.id,
         pid: g.pid,
         source: cur.source.to_string(),
@@ -184,7 +184,7 @@ impl StatView {
         StatView {
             label: format!(
                 "{} (id {}, pid {})",
-                g.label(),
+                g.label_for(crate::guests::viewer()),
                 g.id.map_or("-".into(), |i| i.to_string()),
                 g.pid
             ),

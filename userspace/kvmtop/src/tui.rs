@@ -403,7 +403,7 @@ pub fn run_profile(
     let (_guard, mut term) = term::terminal()?;
     let mut app = App::new();
     app.profile = Some(ProfileScreen {
-        label: g.label(),
+        label: g.label_for(crate::guests::viewer()),
         frame: None,
         error: None,
     });

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fake_registry_vm, fake_registry_vm_of, run, TempDir};
+use common::{fake_registry_vm, fake_registry_vm_of, listed_names, run, stat_frame, TempDir};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
@@ -47,35 +47,10 @@ fn other_users_guests_are_qualified_and_never_taken_for_ones_own() {
     fake_registry_vm_of(&d, 20, 4, "web", 7, other);
     let o = run(&["list", "--json", "--proc-root", d.path()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
-    let names: Vec<&str> = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|g| g["name"].as_str())
-        .collect();
     let qualified = format!("web@{other}");
-    assert_eq!(names, ["web", qualified.as_str()], "{v}");
-    let stat_pid = |g: &str| {
-        let o = run(&[
-            "stat",
-            "-b",
-            "-n",
-            "1",
-            "-d",
-            "0.1",
-            "--json",
-            "-g",
-            g,
-            "--proc-root",
-            d.path(),
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let v: Value = serde_json::from_slice(&o.stdout).expect("JSON frame");
-        v["pid"].clone()
-    };
-    assert_eq!(stat_pid("web"), 10);
-    assert_eq!(stat_pid(&qualified), 20);
+    assert_eq!(listed_names(&o.stdout), ["web", qualified.as_str()]);
+    assert_eq!(stat_frame(d.path(), "web")["pid"], 10);
+    assert_eq!(stat_frame(d.path(), &qualified)["pid"], 20);
     // Alone, the other user's guest is still not "web".
     let d2 = TempDir::new("other-user-alone");
     fake_registry_vm_of(&d2, 20, 4, "web", 7, other);
@@ -127,21 +102,7 @@ fn stat_reads_the_registry_stats_file_by_name_id_and_pid() {
     fake_registry_vm(&d, 10, 3, "web", 5);
     fake_registry_vm(&d, 20, 4, "db", 7);
     for g in ["db", "4", "20"] {
-        let o = run(&[
-            "stat",
-            "-b",
-            "-n",
-            "1",
-            "-d",
-            "0.1",
-            "--json",
-            "-g",
-            g,
-            "--proc-root",
-            d.path(),
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let v: Value = serde_json::from_slice(&o.stdout).expect("JSON frame");
+        let v = stat_frame(d.path(), g);
         assert_eq!(v["pid"], 20);
         assert_eq!(v["source"], "proc-kvm");
         let exits = v["stats"]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{fake_registry_vm, kvmtop, run, TempDir};
+use common::{fake_registry_vm, kvmtop, listed_names, run, TempDir};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
@@ -34,14 +34,7 @@ fn vmms_gone_between_readdir_and_read_are_left_out_without_an_error() {
         err.trim().is_empty(),
         "a vanished VMM is not an error: {err}"
     );
-    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
-    let names: Vec<&str> = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|g| g["name"].as_str())
-        .collect();
-    assert_eq!(names, ["web"], "{v:#}");
+    assert_eq!(listed_names(&o.stdout), ["web"]);
 
     let o = run(&[
         "-b",

@@ -19,6 +19,9 @@ pub struct UeventStats {
     pub named: u64,
     /// Rename or destroy events of a VM whose create event had not come.
     pub before_create: u64,
+    /// VMs that existed before the socket was bound (their create event
+    /// came before it, so their later events are not "before create").
+    pub existing: HashSet<u64>,
     pub create_ids: HashSet<u64>,
     pub destroy_ids: HashSet<u64>,
     pub failures: Failures,
@@ -80,9 +83,18 @@ pub fn open() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Receives until `stop` (checked every 200 ms).
-pub fn listen(fd: OwnedFd, stop: &AtomicBool, registry: bool) -> UeventStats {
-    let mut st = UeventStats::default();
+/// Receives until `stop` (checked every 200 ms). `existing`: the ids of
+/// the VMs that were there before the socket was bound.
+pub fn listen(
+    fd: OwnedFd,
+    stop: &AtomicBool,
+    registry: bool,
+    existing: HashSet<u64>,
+) -> UeventStats {
+    let mut st = UeventStats {
+        existing,
+        ..UeventStats::default()
+    };
     let mut buf = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
         let mut pfd = libc::pollfd {
@@ -144,9 +156,13 @@ fn handle(st: &mut UeventStats, msg: &[u8], registry: bool) {
     let id = env.get("VM_ID").and_then(|v| v.parse::<u64>().ok());
     match id {
         Some(id) if id > 0 => {
-            // Every VM of the run is created after the socket is bound, so
-            // without an overrun every id has had its create event first.
-            if kind != "create" && !st.create_ids.contains(&id) && st.overruns == 0 {
+            // Every VM but those of `existing` is created after the socket
+            // is bound, so without an overrun its create event came first.
+            if kind != "create"
+                && !st.create_ids.contains(&id)
+                && !st.existing.contains(&id)
+                && st.overruns == 0
+            {
                 st.before_create += 1;
                 st.failures
                     .add(format!("EVENT={kind} of VM {id} before its create event"));
@@ -178,6 +194,10 @@ mod tests {
     fn parses_kvm_events() {
         let mut st = UeventStats::default();
         let msg = b"change@/devices/virtual/misc/kvm\0DEVPATH=/devices/virtual/misc/kvm\0EVENT=rename\0VM_ID=3\0";
+        handle(&mut st, msg, true);
+        // A VM that was there before the listener is no such case.
+        st.existing.insert(9);
+        let msg = b"change@/devices/virtual/misc/kvm\0DEVPATH=/devices/virtual/misc/kvm\0EVENT=destroy\0VM_ID=9\0";
         handle(&mut st, msg, true);
         let msg = b"change@/devices/virtual/misc/kvm\0ACTION=change\0DEVPATH=/devices/virtual/misc/kvm\0SUBSYSTEM=misc\0CREATED=3\0COUNT=1\0EVENT=create\0PID=7\0VM_ID=3\0VM_NAME=kvm3\0";
         handle(&mut st, msg, true);

@@ -44,6 +44,36 @@ pub fn run(args: &[&str]) -> Output {
     run_within(args, Duration::from_secs(60)).expect("kvmtop did not finish within 60 s")
 }
 
+/// The guests' names in a `kvmtop list --json` output, in its order.
+pub fn listed_names(stdout: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(stdout).expect("JSON");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|g| g["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// One `kvmtop stat --json` frame of guest `g` in the fake /proc at
+/// `proc_root`; the run must succeed.
+pub fn stat_frame(proc_root: &str, g: &str) -> serde_json::Value {
+    let o = run(&[
+        "stat",
+        "-b",
+        "-n",
+        "1",
+        "-d",
+        "0.1",
+        "--json",
+        "-g",
+        g,
+        "--proc-root",
+        proc_root,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("JSON frame")
+}
+
 /// Run kvmtop with at most `nofile` open files (the shell's `ulimit -n`:
 /// no unsafe pre_exec needed).
 pub fn kvmtop_with_nofile(nofile: u32, args: &[&str]) -> Output {
