@@ -6,7 +6,7 @@
 #
 # $1: the directory holding the project's binaries (kvmreg-fixture, kvmtop).
 echo "TAP version 13"
-echo "1..8"
+echo "1..9"
 
 bin=$1
 # The project's binaries by name, as a user who installed them would type.
@@ -60,6 +60,13 @@ if show cat /proc/kvm/web/status && show cat /proc/kvm/web/vcpus; then
 	ok "status and vcpus of web"
 else
 	not_ok "status and vcpus of web"
+fi
+
+# Every guest in one read: id, pid, uid, vCPUs, KiB, created, link name.
+if show cat /proc/kvm/.list && [ "$(grep -c ' \(web\|db\|batch\|paused\)$' /proc/kvm/.list)" -eq 4 ]; then
+	ok "/proc/kvm/.list has a line for each of the four guests"
+else
+	not_ok "/proc/kvm/.list has a line for each of the four guests"
 fi
 
 if [ -x "$bin/kvmtop" ]; then

@@ -79,9 +79,15 @@ links() {
 	done
 	return 1
 }
+# The VM's line in /proc/kvm/.list, under either name.
+in_list() {
+	"$@" cat /proc/kvm/.list 2>/dev/null | awk -v id="$vid" -v n="$name" \
+		'$1 == id && ($7 == n || index($7, n "@") == 1) { f = 1 } END { exit !f }'
+}
 reads_status() { "$@" grep -q "^Name:" "/proc/$vpid/kvm/$vid/status" 2>/dev/null; }
 reads_stats() { [ "$("$@" head -c 16 "/proc/$vpid/kvm/$vid/stats" 2>/dev/null | wc -c)" -eq 16 ]; }
 reads_vcpus() { "$@" cat "/proc/$vpid/kvm/$vid/vcpus" >/dev/null 2>&1; }
+reads_vcpu_stats() { [ "$("$@" head -c 16 "/proc/$vpid/kvm/$vid/vcpu_stats" 2>/dev/null | wc -c)" -eq 16 ]; }
 renames() {
 	"$@" sh -c "echo renamed > /proc/$vpid/kvm/$vid/name" 2>/dev/null || return 1
 	# Undo as root, and make sure the rename really happened.
@@ -97,7 +103,7 @@ cell() {
 	check "$subject: $action $name: $expect" [ "$got" = "$expect" ]
 }
 
-actions="lists links reads_status reads_vcpus reads_stats renames"
+actions="lists in_list links reads_status reads_vcpus reads_stats reads_vcpu_stats renames"
 # row SUBJECT "EXPECTATIONS" PREFIX...: one expectation per action above.
 # (Its own variable names: sh variables are global, and cell sets its own.)
 row() {
@@ -111,9 +117,9 @@ row() {
 }
 
 name=alpha vpid=$a_pid vid=$a_id
-row root "yes yes yes yes yes yes" env
-row "owner uid" "yes yes yes yes yes yes" as $OWNER
-row "other uid" "no no no no no no" as $OTHER
+row root "yes yes yes yes yes yes yes yes" env
+row "owner uid" "yes yes yes yes yes yes yes yes" as $OWNER
+row "other uid" "no no no no no no no no" as $OTHER
 # The errnos of the table's "other uid" cells: the link does not exist for
 # that caller, the directory does but may not be read.
 errmsg() { "$@" 2>&1 >/dev/null | grep -o "No such file or directory\|Permission denied" | head -n 1; }
@@ -131,20 +137,20 @@ check "root: lists alpha as alpha@$OWNER" listed_as env
 check "owner uid: does not list its own alpha qualified" not listed_as as $OWNER
 check "other uid: reading alpha's status fails with EACCES" \
 	[ "$(errmsg as $OTHER cat "/proc/$a_pid/kvm/$a_id/status")" = "Permission denied" ]
-row "root without CAP_SYS_PTRACE" "no no no no no no" nocap
+row "root without CAP_SYS_PTRACE" "no no no no no no no no" nocap
 if [ -n "$scope" ]; then
 	# ptrace_scope 2: attaching needs CAP_SYS_PTRACE; reading does not.
 	echo 2 > $scope_file
-	row "owner uid, yama ptrace_scope 2" "yes yes yes yes yes no" as $OWNER
+	row "owner uid, yama ptrace_scope 2" "yes yes yes yes yes yes yes no" as $OWNER
 	echo "$scope" > $scope_file
 else
 	skip "owner uid, yama ptrace_scope 2" "this kernel has no Yama"
 fi
-row "other pid namespace (root)" "no no no no no no" pidns
+row "other pid namespace (root)" "no no no no no no no no" pidns
 
 name=beta vpid=$b_pid vid=$b_id
-row "owner uid, non-dumpable VMM" "no no no no no no" as $OWNER
-row "root, non-dumpable VMM" "yes yes yes yes yes yes" env
+row "owner uid, non-dumpable VMM" "no no no no no no no no" as $OWNER
+row "root, non-dumpable VMM" "yes yes yes yes yes yes yes yes" env
 
 # Names belong to users: another uid may call its VM alpha too (no
 # EEXIST, so it learns nothing of uid $OWNER's alpha), and root then sees

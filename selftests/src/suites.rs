@@ -100,6 +100,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "benchmark, not a test: VM enumeration, /proc/kvm vs fd scan vs debugfs vs kvm_stat (patched kernel)",
     ),
     (
+        "bench-registry",
+        "benchmark, not a test: /proc/kvm readdir, .list and lookups vs their floors at 10, 1000 and 4000 VMs (patched kernel)",
+    ),
+    (
         "bench-refresh",
         "benchmark, not a test: CPU per refresh, kvmtop -b vs kvm_stat, 100 guests (patched kernel)",
     ),
@@ -205,6 +209,14 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                 run.argv
                     .push(kvm_stat(kernel).to_string_lossy().into_owned());
                 runs.push(run);
+            }
+            "bench-registry" => {
+                let bins = release_bins()?;
+                runs.push(simple(
+                    "bench-registry",
+                    bins.join("kvmreg-registry-bench"),
+                    2400,
+                ));
             }
             "bench-refresh" => {
                 let mut run = script("bench-refresh", "bench_refresh.sh", 900);

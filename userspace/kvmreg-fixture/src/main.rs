@@ -78,7 +78,7 @@ fn naming_note(g: &vm::Guest) -> Option<String> {
     match &g.naming {
         vm::Naming::Named => None,
         vm::Naming::Unsupported => Some(format!(
-            "could not name guest {}: kernel lacks KVM_CAP_VM_NAME (239); it stays unnamed",
+            "could not name guest {}: kernel lacks KVM_CAP_VM_NAME (250); it stays unnamed",
             g.name
         )),
         vm::Naming::Failed(e) => Some(format!("could not name guest {}: {e}", g.name)),

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// `KVM_CAP_VM_NAME` (patched kernels).
-pub const KVM_CAP_VM_NAME: libc::c_ulong = 239;
+pub const KVM_CAP_VM_NAME: libc::c_ulong = 250;
 
 /// `struct kvm_vm_name` of the patched uapi.
 #[repr(C)]
@@ -20,7 +20,7 @@ pub struct KvmVmName {
     pub name: [u8; 64],
 }
 
-vmm_sys_util::ioctl_iow_nr!(KVM_SET_VM_NAME, kvm_bindings::KVMIO, 0xd6, KvmVmName);
+vmm_sys_util::ioctl_iow_nr!(KVM_SET_VM_NAME, kvm_bindings::KVMIO, 0xd7, KvmVmName);
 
 /// What became of naming the VM.
 pub enum Naming {
@@ -229,9 +229,9 @@ mod tests {
 
     #[test]
     fn set_vm_name_ioctl_matches_the_uapi() {
-        // _IOW(KVMIO=0xAE, 0xd6, struct kvm_vm_name) with a 72-byte struct:
-        // dir 1 (write) << 30 | 72 << 16 | 0xAE << 8 | 0xd6.
+        // _IOW(KVMIO=0xAE, 0xd7, struct kvm_vm_name) with a 72-byte struct:
+        // dir 1 (write) << 30 | 72 << 16 | 0xAE << 8 | 0xd7.
         assert_eq!(std::mem::size_of::<KvmVmName>(), 72);
-        assert_eq!(KVM_SET_VM_NAME(), 0x4048_AED6);
+        assert_eq!(KVM_SET_VM_NAME(), 0x4048_AED7);
     }
 }

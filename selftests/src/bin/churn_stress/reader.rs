@@ -97,7 +97,14 @@ fn walk_proc_kvm(st: &mut ReaderStats, rng: &mut Rng) {
             Ok(ent) => ent,
             Err(e) => return st.error("readdir /proc/kvm", &e),
         };
-        let link = Path::new("/proc/kvm").join(ent.file_name());
+        let file_name = ent.file_name();
+        if file_name == ".list" {
+            if let Some(t) = st.read_text("/proc/kvm/.list") {
+                check_list(st, &t);
+            }
+            continue;
+        }
+        let link = Path::new("/proc/kvm").join(&file_name);
         let shown = link.display().to_string();
         let target = match std::fs::read_link(&link) {
             Ok(t) => t,
@@ -116,6 +123,23 @@ fn walk_proc_kvm(st: &mut ReaderStats, rng: &mut Rng) {
             read_vm(st, rng, &format!("/proc/{pid}/kvm/{id}"), Some((pid, id)));
         } else {
             read_vm(st, rng, &shown, None);
+        }
+    }
+}
+
+/// `/proc/kvm/.list`: `id pid uid vcpus memory_kib created link` lines,
+/// the link a name, or `name@uid` for another user's VM.
+fn check_list(st: &mut ReaderStats, text: &str) {
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let link_ok = f.get(6).is_some_and(|l| match l.split_once('@') {
+            Some((name, uid)) => valid_name(name) && uid.parse::<u32>().is_ok(),
+            None => valid_name(l),
+        });
+        if f.len() != 7 || f[..6].iter().any(|x| x.parse::<u64>().is_err()) || !link_ok {
+            st.failures
+                .add(format!("/proc/kvm/.list: bad line {line:?}"));
+            return;
         }
     }
 }
@@ -177,9 +201,9 @@ fn walk_pids(st: &mut ReaderStats, rng: &mut Rng, stop: &AtomicBool) {
 /// path names, when it names them (then `status` must agree).
 fn read_vm(st: &mut ReaderStats, rng: &mut Rng, dir: &str, ids: Option<(u32, u64)>) {
     st.vms_seen += 1;
-    let first = rng.below(4);
-    for i in 0..4 {
-        match (first + i) % 4 {
+    let first = rng.below(5);
+    for i in 0..5 {
+        match (first + i) % 5 {
             0 => {
                 if let Some(t) = st.read_text(&format!("{dir}/status")) {
                     check_status(st, dir, &t, ids);
@@ -197,7 +221,8 @@ fn read_vm(st: &mut ReaderStats, rng: &mut Rng, dir: &str, ids: Option<(u32, u64
                     }
                 }
             }
-            _ => read_stats(st, rng, &format!("{dir}/stats")),
+            3 => read_stats(st, rng, &format!("{dir}/stats"), false),
+            _ => read_stats(st, rng, &format!("{dir}/vcpu_stats"), true),
         }
     }
 }
@@ -236,7 +261,7 @@ fn check_vcpus(st: &mut ReaderStats, dir: &str, text: &str) {
     }
 }
 
-/// The name rules: 1-63 bytes of `[A-Za-z0-9._+:@-]`, not starting with
+/// The name rules: 1-63 bytes of `[A-Za-z0-9._+:-]`, not starting with
 /// `.` or `-`.
 pub fn valid_name(n: &str) -> bool {
     (1..=63).contains(&n.len())
@@ -245,10 +270,12 @@ pub fn valid_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._+:-".contains(&b))
 }
 
-/// Reads `stats` fully, checks the header, then `pread`s the static part
-/// (header, id, descriptors) at random offsets and compares, and once
-/// anywhere, past the end included.
-fn read_stats(st: &mut ReaderStats, rng: &mut Rng, path: &str) {
+/// Reads `stats` or `vcpu_stats` fully, checks the header, then `pread`s
+/// the static part (header, id, descriptors) at random offsets and
+/// compares, and once anywhere, past the end included. `grows`: the stream
+/// may have grown since the full read (`vcpu_stats` gains a block per new
+/// vCPU), so a read past its end may find data.
+fn read_stats(st: &mut ReaderStats, rng: &mut Rng, path: &str, grows: bool) {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => return st.error(path, &e),
@@ -297,7 +324,7 @@ fn read_stats(st: &mut ReaderStats, rng: &mut Rng, path: &str) {
             st.failures
                 .add(format!("{path}: pread at {off} differs from the full read"));
         }
-        if off >= all.len() && n != 0 {
+        if off >= all.len() && n != 0 && !grows {
             st.failures
                 .add(format!("{path}: pread past the end gave {n} bytes"));
         }
@@ -313,6 +340,26 @@ mod tests {
         assert_eq!(parse_target("../123/kvm/7"), Some((123, 7)));
         assert_eq!(parse_target("../123/kvm/"), None);
         assert_eq!(parse_target("/proc/123/kvm/7"), None);
+    }
+
+    #[test]
+    fn list_lines() {
+        let mut st = ReaderStats::default();
+        check_list(
+            &mut st,
+            "3 120 0 2 1024 5000 web\n4 121 1000 1 0 6000 db@1000\n",
+        );
+        assert_eq!(st.failures.count, 0);
+        for bad in [
+            "3 120 0 2 1024 5000",
+            "3 120 0 2 1024 x web",
+            "3 1 0 2 1 5 a@b",
+            "3 1 0 2 1 5 .x",
+        ] {
+            let mut st = ReaderStats::default();
+            check_list(&mut st, bad);
+            assert_eq!(st.failures.count, 1, "{bad}");
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ const LOOP_CODE: &[u8] = &[0xb9, 0xff, 0xff, 0x49, 0x75, 0xfd, 0xe6, 0x11, 0xeb,
 const LOOP_PORT: u16 = 0x11;
 
 /// `KVM_CAP_VM_NAME` (patched kernels).
-const KVM_CAP_VM_NAME: libc::c_ulong = 239;
+const KVM_CAP_VM_NAME: libc::c_ulong = 250;
 /// Names every worker picks from now and then, so that `EEXIST` happens.
 pub const SHARED_NAMES: u64 = 3;
 
@@ -43,9 +43,9 @@ struct KvmVmName {
     name: [u8; 64],
 }
 
-/// `_IOW(KVMIO, 0xd6, struct kvm_vm_name)`.
+/// `_IOW(KVMIO, 0xd7, struct kvm_vm_name)`.
 const KVM_SET_VM_NAME: libc::c_ulong =
-    (1 << 30) | ((std::mem::size_of::<KvmVmName>() as libc::c_ulong) << 16) | (0xae << 8) | 0xd6;
+    (1 << 30) | ((std::mem::size_of::<KvmVmName>() as libc::c_ulong) << 16) | (0xae << 8) | 0xd7;
 
 /// Sends one line to the parent; exits when the parent is gone.
 fn report(line: &str) {
@@ -374,6 +374,6 @@ mod tests {
     #[test]
     fn set_vm_name_ioctl_matches_the_uapi() {
         assert_eq!(std::mem::size_of::<KvmVmName>(), 72);
-        assert_eq!(KVM_SET_VM_NAME, 0x4048_aed6);
+        assert_eq!(KVM_SET_VM_NAME, 0x4048_aed7);
     }
 }
