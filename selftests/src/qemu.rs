@@ -95,6 +95,19 @@ fn outermost_under_scratch(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
     dirs
 }
 
+/// `KVMREG_ICOUNT=1`: QEMU counts instructions for the guest's clock
+/// (`-icount shift=0,sleep=off`, one instruction a nanosecond, idle time
+/// skipped), so that times measured inside the test VM depend on the
+/// instructions executed, not on how busy the host is: for benchmarks that
+/// compare boots (`selftests/bench_lifecycle.sh`). Caches and memory
+/// latency are not modelled: such times count instructions, not cycles.
+fn icount_args() -> Vec<&'static str> {
+    match std::env::var("KVMREG_ICOUNT").as_deref() {
+        Ok("1") => vec!["-icount", "shift=0,sleep=off"],
+        _ => Vec::new(),
+    }
+}
+
 /// QEMU's debug log in the run directory (`-d cpu_reset`).
 const QEMU_LOG: &str = "qemu-debug.log";
 
@@ -140,6 +153,7 @@ pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
         "-m",
         memory(kernel.config),
     ])
+    .args(icount_args())
     .args([
         "-nodefaults",
         "-no-reboot",

@@ -196,7 +196,9 @@ pub struct Counters {
     pub values: BTreeMap<String, u64>,
     /// The source of each counter in `values`. On a registry kernel the VM
     /// stats come from `/proc/<pid>/kvm/<id>/stats` and the vCPU stats
-    /// (`exits`, `halt_*`, ...) from debugfs, which sums them over vCPUs.
+    /// (`exits`, `halt_*`, ...), summed over the vCPUs, from its
+    /// `vcpu_stats` (or, on a registry kernel without that file, from
+    /// debugfs, which sums them too).
     pub sources: BTreeMap<String, Source>,
     /// What could not be read, in plain words.
     pub notes: Vec<String>,
@@ -211,11 +213,11 @@ fn refused_note(refused: &[String]) -> Option<String> {
 }
 
 /// Scalar counters of a guest by name, from the best source that works:
-/// the registry's stats file, debugfs, then `pidfd_getfd`. The registry
-/// has only the VM's stats, so on a registry kernel the vCPU stats are
-/// added from debugfs where it is mounted and readable (and the VM's
-/// directory can be matched); `sources` says which counter came from where
-/// and `notes` why vCPU stats are missing.
+/// the registry's `stats` and `vcpu_stats`, debugfs, then `pidfd_getfd`.
+/// On a registry kernel without `vcpu_stats` the vCPU stats are added
+/// from debugfs where it is mounted and readable (and the VM's directory
+/// can be matched); `sources` says which counter came from where and
+/// `notes` why vCPU stats are missing.
 pub fn guest_counters(cfg: &Config, g: &Guest) -> Result<Counters, stats_fd::StatsFdError> {
     guest_counters_of(cfg, g, None)
 }
@@ -245,7 +247,9 @@ pub fn guest_counters_of(
     };
     if g.provenance.id == Some(Source::ProcKvm) {
         let mut c = guest_stats(cfg, g).map(from_stats)?;
-        add_debugfs_vcpu_counters(cfg, g, &mut c, names);
+        if !add_vcpu_stats_counters(cfg, g, &mut c, names) {
+            add_debugfs_vcpu_counters(cfg, g, &mut c, names);
+        }
         return Ok(c);
     }
     if let Some(dir) = debugfs::vm_dir(&cfg.debugfs_root, g) {
@@ -265,8 +269,44 @@ pub fn guest_counters_of(
     guest_stats(cfg, g).map(from_stats)
 }
 
+/// Add the vCPU counters (`exits`, `halt_*`, ...), summed over the vCPUs,
+/// from the registry's `vcpu_stats`: one read, no debugfs, no root. False
+/// if the kernel's registry has no `vcpu_stats` (an earlier version of the
+/// series), so that the caller falls back to debugfs; a file that is there
+/// but unreadable or malformed is said in `c.notes`.
+fn add_vcpu_stats_counters(
+    cfg: &Config,
+    g: &Guest,
+    c: &mut Counters,
+    names: Option<&[&str]>,
+) -> bool {
+    let Some(id) = g.id else { return false };
+    let path = cfg.proc_root.join(format!("{}/kvm/{id}/vcpu_stats", g.pid));
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+        Err(e) => {
+            c.notes.push(format!("{}: {e}", path.display()));
+            return true;
+        }
+    };
+    match stats::parse_vcpu_sums(&bytes) {
+        Ok((_, _, sums)) => {
+            for (k, v) in sums {
+                if names.is_none_or(|ns| ns.contains(&k.as_str())) && !c.values.contains_key(&k) {
+                    c.sources.insert(k.clone(), Source::ProcKvm);
+                    c.values.insert(k, v);
+                }
+            }
+        }
+        Err(e) => c.notes.push(format!("{}: {e}", path.display())),
+    }
+    true
+}
+
 /// Add the counters the registry's VM stats lack (the vCPU stats) from the
-/// guest's debugfs directory; say in `c.notes` why not where they cannot be.
+/// guest's debugfs directory, on a registry kernel without `vcpu_stats`;
+/// say in `c.notes` why not where they cannot be.
 fn add_debugfs_vcpu_counters(cfg: &Config, g: &Guest, c: &mut Counters, names: Option<&[&str]>) {
     let vms_of_pid = match cfg.proc_root.list_numeric(format!("{}/kvm", g.pid)) {
         crate::procfs::Read::Ok(ids) => ids.len(),
@@ -452,6 +492,44 @@ mod tests {
         assert!(c.notes.is_empty(), "{:?}", c.notes);
         let c = guest_counters(&cfg, db).unwrap();
         assert_eq!(c.values.get("exits"), Some(&700));
+    }
+
+    #[test]
+    fn registry_counters_take_vcpu_stats_from_vcpu_stats_when_there() {
+        let d = TempDir::new("discover-vs");
+        registry_vm(&d, 40, 3, "web");
+        // Two vCPUs: exits 5 and 7; debugfs says something else.
+        let mut bytes = stats::encode(
+            "kvm-40/vcpus",
+            48,
+            &[("exits", 0, &[5]), ("halt_attempted_poll", 0, &[1])],
+        );
+        for v in [7u64, 2] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        d.write("40/kvm/3/vcpu_stats", &bytes);
+        debugfs_vm(&d, "40-4", 999);
+        let cfg = registry_cfg(&d);
+        let g = discover_with(&cfg).guests.remove(0);
+        let c = guest_counters(&cfg, &g).unwrap();
+        assert_eq!(c.values.get("exits"), Some(&12));
+        assert_eq!(c.sources.get("exits"), Some(&Source::ProcKvm));
+        assert_eq!(c.values.get("halt_attempted_poll"), Some(&3));
+        assert_eq!(c.values.get("remote_tlb_flush"), Some(&9));
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
+        // Only what was asked for.
+        let c = guest_counters_of(&cfg, &g, Some(&["exits"])).unwrap();
+        assert_eq!(c.values.keys().collect::<Vec<_>>(), vec!["exits"]);
+
+        // A malformed file is said, not guessed around.
+        d.write("40/kvm/3/vcpu_stats", &bytes[..bytes.len() - 4]);
+        let c = guest_counters(&cfg, &g).unwrap();
+        assert_eq!(c.values.get("exits"), None);
+        assert!(
+            c.notes.iter().any(|n| n.contains("vcpu_stats")),
+            "{:?}",
+            c.notes
+        );
     }
 
     #[test]

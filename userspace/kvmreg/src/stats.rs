@@ -299,6 +299,51 @@ pub fn read_values(layout: &Layout, src: &mut impl ReadAt) -> Result<Stats, Stat
     })
 }
 
+/// What [`parse_vcpu_sums`] finds: the layout, the number of vCPU blocks,
+/// and each scalar counter's sum over them, in descriptor order.
+pub type VcpuSums = (Layout, usize, Vec<(String, u64)>);
+
+/// The per-vCPU data blocks of a `vcpu_stats` stream held in memory
+/// (`/proc/<pid>/kvm/<id>/vcpu_stats`: a vCPU's header and descriptors,
+/// then one block per vCPU), each scalar counter summed over the vCPUs, as
+/// KVM's debugfs files sum them. Never panics, whatever the bytes; a
+/// trailing partial block is an error.
+pub fn parse_vcpu_sums(bytes: &[u8]) -> Result<VcpuSums, StatsError> {
+    let mut src = bytes;
+    let layout = read_layout(&mut src)?;
+    let start = usize::try_from(layout.data_offset).unwrap_or(usize::MAX);
+    let block = usize::try_from(layout.data_len).unwrap_or(usize::MAX);
+    let data = bytes.get(start..).ok_or(StatsError::Truncated {
+        offset: layout.data_offset,
+        need: 0,
+    })?;
+    if block == 0 || data.len() % block != 0 {
+        return Err(StatsError::BadHeader(format!(
+            "{} bytes of vCPU data are not whole blocks of {block}",
+            data.len()
+        )));
+    }
+    let blocks = data.len() / block;
+    let sums = layout
+        .descs
+        .iter()
+        .filter(|d| d.size == 1)
+        .map(|d| {
+            let at = d.offset as usize;
+            let sum = data
+                .chunks_exact(block)
+                .map(|b| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(&b[at..at + 8]);
+                    u64::from_ne_bytes(a)
+                })
+                .fold(0u64, u64::wrapping_add);
+            (d.name.clone(), sum)
+        })
+        .collect();
+    Ok((layout, blocks, sums))
+}
+
 /// Parse a whole stream held in memory. Never panics, whatever the bytes.
 pub fn parse(bytes: &[u8]) -> Result<Stats, StatsError> {
     let mut src = bytes;
@@ -351,6 +396,41 @@ pub fn encode(id: &str, name_size: u32, stats: &[(&str, u32, &[u64])]) -> Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vcpu_stats_blocks_are_summed_per_counter() {
+        let hist: &[u64] = &[5, 6];
+        let mut bytes = encode(
+            "kvm-1/vcpus",
+            48,
+            &[
+                ("exits", KVM_STATS_TYPE_CUMULATIVE, &[10]),
+                ("hist", 0, hist),
+                ("halt_exits", 0, &[1]),
+            ],
+        );
+        // A second vCPU's block: exits 32, the histogram, halt_exits 2.
+        for v in [32u64, 0, 0, 2] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        let (layout, blocks, sums) = parse_vcpu_sums(&bytes).unwrap();
+        assert_eq!((layout.id.as_str(), blocks), ("kvm-1/vcpus", 2));
+        assert_eq!(
+            sums,
+            vec![("exits".to_string(), 42), ("halt_exits".to_string(), 3)]
+        );
+        // No vCPU yet: no blocks, zero sums.
+        let header_only = &bytes[..layout.data_offset as usize];
+        let (_, blocks, sums) = parse_vcpu_sums(header_only).unwrap();
+        assert_eq!(blocks, 0);
+        assert!(sums.iter().all(|(_, v)| *v == 0));
+        // Half a block is an error, not a guess.
+        assert!(parse_vcpu_sums(&bytes[..bytes.len() - 8]).is_err());
+        // Whatever the bytes: no panic.
+        for cut in 0..bytes.len() {
+            let _ = parse_vcpu_sums(&bytes[..cut]);
+        }
+    }
 
     fn sample() -> Vec<u8> {
         encode(

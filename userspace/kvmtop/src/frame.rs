@@ -93,8 +93,8 @@ pub struct Row {
     pub memory_bytes: Option<u64>,
     /// Where the KVM counters came from (`null` when unreadable).
     pub stats_source: Option<Source>,
-    /// Where `exits` came from: on a registry kernel the VM's stats file
-    /// has no vCPU stats, so this is debugfs (or `null` and a note).
+    /// Where `exits` came from: on a registry kernel its `vcpu_stats`
+    /// (`proc-kvm`), else debugfs (or `null` and a note).
     pub exits_source: Option<Source>,
     /// Where the halt-poll counters came from.
     pub halt_poll_source: Option<Source>,

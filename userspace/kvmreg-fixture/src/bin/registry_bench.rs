@@ -40,8 +40,8 @@ struct Args {
     /// VM counts to measure, in increasing order.
     #[arg(long, value_delimiter = ',', default_value = "10,1000,4000")]
     vms: Vec<usize>,
-    /// VMs per VMM process.
-    #[arg(long, default_value_t = 10)]
+    /// VMs per VMM process (1, as with qemu: one process per guest).
+    #[arg(long, default_value_t = 1)]
     per_vmm: usize,
     /// Decoy processes (no VM).
     #[arg(long, default_value_t = 500)]
