@@ -65,3 +65,53 @@ fn real_vm_and_vcpu_stats_parse() {
         Err(stats_fd::StatsFdError::NotKvm { .. })
     ));
 }
+
+/// On a registry kernel (series v2), `/proc/self/kvm/<id>/vcpu_stats`
+/// sums to what each vCPU's own stats fd gives, and `guest_counters()`
+/// takes `exits` from it, not from debugfs.
+#[test]
+fn real_vcpu_stats_sum_the_vcpus_stats_fds() {
+    let Some(kvm) = kvm() else { return };
+    let vm = kvm.create_vm().expect("create VM");
+    let vcpus: Vec<_> = (0..2)
+        .map(|i| vm.create_vcpu(i).expect("create vCPU"))
+        .collect();
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", vm.as_raw_fd()))
+        .expect("fdinfo of the VM fd");
+    let id = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("kvm_vm_id:"))
+        .map(|v| v.trim().to_string());
+    let path = id
+        .as_ref()
+        .map(|id| format!("/proc/self/kvm/{id}/vcpu_stats"));
+    let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) else {
+        eprintln!("SKIPPED: no /proc/self/kvm/<id>/vcpu_stats (not a registry v2 kernel); vcpu_stats was NOT tested");
+        return;
+    };
+    let (layout, blocks, sums) = stats::parse_vcpu_sums(&bytes).expect("parse vcpu_stats");
+    assert_eq!(blocks, 2);
+    assert!(layout.id.ends_with("/vcpus"), "{}", layout.id);
+    let me = std::process::id();
+    let mut want = 0;
+    for (i, vcpu) in vcpus.iter().enumerate() {
+        let (mut f, l) =
+            stats_fd::open(me, vcpu.as_raw_fd(), KvmFd::Vcpu(i as u32)).expect("vCPU stats fd");
+        want += stats::read_values(&l, &mut f)
+            .expect("vCPU values")
+            .get("exits")
+            .expect("exits");
+    }
+    let got = sums.iter().find(|(n, _)| n == "exits").map(|(_, v)| *v);
+    assert_eq!(got, Some(want));
+
+    let guest = kvmreg::discover()
+        .guests
+        .into_iter()
+        .find(|g| g.pid == me && g.id.map(|i| i.to_string()) == id)
+        .expect("this process' VM is discovered");
+    let c = kvmreg::discover::guest_counters(&kvmreg::discover::Config::default(), &guest)
+        .expect("counters");
+    assert_eq!(c.values.get("exits"), Some(&want));
+    assert_eq!(c.sources.get("exits"), Some(&kvmreg::Source::ProcKvm));
+}

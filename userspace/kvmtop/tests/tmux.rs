@@ -480,8 +480,34 @@ fn live_stat_in_tmux() {
     t.assert_quit_cleanly();
     drop(t);
 
-    // Counters that move: a debugfs directory (given with --debugfs-root)
-    // for the guest, where `exits` grows and `halt_exits` stays put.
+    // On a registry kernel with vcpu_stats the counters that move are the
+    // busy guest's own, summed over its vCPUs, from the registry.
+    let vcpu_stats =
+        g.id.map(|id| std::path::Path::new(&format!("/proc/{pid}/kvm/{id}/vcpu_stats")).exists())
+            .unwrap_or(false);
+    if vcpu_stats {
+        let t = Tmux::start(
+            "statreg",
+            120,
+            30,
+            &shell_line(&["stat", "-g", &pid, "-d", "0.5"]),
+        );
+        let s = t.wait_for("exits with a rate, from the registry", |s| {
+            stat_rows(s)
+                .iter()
+                .any(|(n, _, rate)| n == "exits" && *rate > 0.0)
+                && s.lines()
+                    .any(|l| l.starts_with("exits ") && l.trim_end().ends_with(" proc-kvm"))
+        });
+        eprintln!("stat with the registry's vcpu_stats:\n{s}");
+        t.type_text("q");
+        t.assert_quit_cleanly();
+        return;
+    }
+
+    // Elsewhere, counters that move: a debugfs directory (given with
+    // --debugfs-root) for the guest, where `exits` grows and `halt_exits`
+    // stays put.
     let dbg = TempDir::new("tmux-debugfs");
     let vm = dbg.0.join(format!("kvm/{}-{}", g.pid, g.vm_fd));
     std::fs::create_dir_all(&vm).expect("mkdir");
