@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{fake_registry_vm, fake_registry_vm_of, listed_names, run, stat_frame, TempDir};
+use common::{
+    fake_registry_vm, fake_registry_vm_of, listed_names, run, stat_frame, stat_once, TempDir,
+};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
@@ -54,18 +56,7 @@ fn other_users_guests_are_qualified_and_never_taken_for_ones_own() {
     // Alone, the other user's guest is still not "web".
     let d2 = TempDir::new("other-user-alone");
     fake_registry_vm_of(&d2, 20, 4, "web", 7, other);
-    let o = run(&[
-        "stat",
-        "-b",
-        "-n",
-        "1",
-        "-d",
-        "0.1",
-        "-g",
-        "web",
-        "--proc-root",
-        d2.path(),
-    ]);
+    let o = stat_once(d2.path(), "web", false);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

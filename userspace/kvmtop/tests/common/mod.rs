@@ -54,22 +54,21 @@ pub fn listed_names(stdout: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// One `kvmtop stat` frame of guest `g` in the fake /proc at `proc_root`,
+/// as JSON if `json`.
+pub fn stat_once(proc_root: &str, g: &str, json: bool) -> Output {
+    let mut args = vec!["stat", "-b", "-n", "1", "-d", "0.1", "-g", g];
+    if json {
+        args.push("--json");
+    }
+    args.extend(["--proc-root", proc_root]);
+    run(&args)
+}
+
 /// One `kvmtop stat --json` frame of guest `g` in the fake /proc at
 /// `proc_root`; the run must succeed.
 pub fn stat_frame(proc_root: &str, g: &str) -> serde_json::Value {
-    let o = run(&[
-        "stat",
-        "-b",
-        "-n",
-        "1",
-        "-d",
-        "0.1",
-        "--json",
-        "-g",
-        g,
-        "--proc-root",
-        proc_root,
-    ]);
+    let o = stat_once(proc_root, g, true);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).expect("JSON frame")
 }

@@ -238,7 +238,7 @@ fn run(args: &Args) -> Result<()> {
     let mut results = Vec::new();
     for &n in &args.vms {
         while vmms.len() < n {
-            vmms.insert(children.spawn(create_vm, 0)?);
+            vmms.insert(children.spawn(create_vm, 1)?);
         }
         let reps = args.reps;
         let reg = time_method("proc-kvm", reps, &vmms, registry_raw)?;
