@@ -56,6 +56,35 @@ struct Args {
     /// inspect them, whatever the uid (the permission tests use this).
     #[arg(long)]
     non_dumpable: bool,
+    /// Extra open fds per VMM process (eventfds), so that tools that scan
+    /// fd tables meet a table the size of qemu's (about 100 fds).
+    #[arg(long, default_value_t = 0)]
+    extra_fds: u32,
+    /// Extra idle threads per VMM process, as qemu's I/O, RCU and worker
+    /// threads (about 8 beside the vCPUs).
+    #[arg(long, default_value_t = 0)]
+    extra_threads: u32,
+}
+
+/// Give this process `fds` more open eventfds and `threads` more parked
+/// threads, both kept for the life of the process.
+fn add_bulk(fds: u32, threads: u32) -> Result<()> {
+    for _ in 0..fds {
+        // SAFETY: eventfd takes an initial value and flags, returns an fd.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("eventfd for --extra-fds");
+        }
+    }
+    for i in 0..threads {
+        std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(|| loop {
+                std::thread::park();
+            })
+            .context("thread for --extra-threads")?;
+    }
+    Ok(())
 }
 
 fn line(g: &vm::Guest) -> String {
@@ -111,6 +140,7 @@ fn main() -> Result<()> {
     }
     let kvm = kvm_ioctls::Kvm::new().context("opening /dev/kvm")?;
     if args.single_process {
+        add_bulk(args.extra_fds, args.extra_threads)?;
         let mut guests = Vec::new();
         for name in &args.guests {
             guests.push(vm::start(&kvm, name, args.vcpus, mem, args.busy)?);
@@ -158,7 +188,9 @@ fn run_forked(kvm: &kvm_ioctls::Kvm, args: &Args, mem: usize) -> Result<()> {
                 std::process::exit(1);
             }
             let mut w = std::fs::File::from(wr);
-            let msg = match vm::start(kvm, name, args.vcpus, mem, args.busy) {
+            let started = add_bulk(args.extra_fds, args.extra_threads)
+                .and_then(|()| vm::start(kvm, name, args.vcpus, mem, args.busy));
+            let msg = match started {
                 Ok(g) => {
                     if let Some(n) = naming_note(&g) {
                         eprintln!("kvmreg-fixture: {n}");

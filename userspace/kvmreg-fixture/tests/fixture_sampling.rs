@@ -4,7 +4,7 @@
 
 use kvmreg::perf::record::CpuMode;
 use kvmreg::perf::{Attributor, PerfError, Sampler, SamplerConfig};
-use kvmreg::symbols::kallsyms;
+use kvmreg::symbols::{kallsyms, Symbolizer};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -61,15 +61,15 @@ fn guest_samples_land_on_the_right_guest_and_function() {
         kvmreg::perf::probe_guest_id()
     );
     let attr = Attributor::new(&guests);
-    let mut profile = kvmreg::perf::profile::Profile::new(&guests);
     let syms = kallsyms::load(&dir.join("kallsyms")).expect("fixture kallsyms");
+    let mut profile = kvmreg::perf::profile::Profile::new(&guests, |_| syms.slots());
     let mut per_guest_fn: HashMap<(usize, String), u64> = HashMap::new();
     let mut modes: HashMap<CpuMode, u64> = HashMap::new();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(100));
         sampler.poll(|s| {
-            profile.add(&s, |_, ip| syms.lookup(ip).map(|r| r.name));
+            profile.add(&s, |_, ip| syms.slot(ip));
             *modes.entry(s.mode).or_default() += 1;
             if let Some(o) = attr.owner(&s) {
                 let name = syms.lookup(s.ip).map_or("?".to_string(), |r| r.name);

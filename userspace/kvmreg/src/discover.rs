@@ -96,28 +96,77 @@ pub fn discover_with(cfg: &Config) -> Discovery {
                 backends.push((Source::Debugfs, BackendState::Unavailable(why)))
             }
         }
-        for g in &mut guests {
-            if !g.vcpus.is_empty() && g.vcpus.iter().any(|v| v.tid.is_none()) {
-                g.notes.push(
-                    "some vCPU threads unknown: this kernel tells them only through debugfs (root) or the VM registry"
-                        .into(),
-                );
-            }
-        }
+        note_unknown_vcpu_threads(&mut guests);
     }
-    if cfg.cmdline_hints {
-        for g in guests.iter_mut().filter(|g| g.name.is_none()) {
-            if let Some(n) = cfg.proc_root.cmdline(g.pid).and_then(|c| qemu_name(&c)) {
-                g.name = Some(GuestName::CmdlineHint(n));
-                g.provenance.name = Some(Source::Cmdline);
-            }
-        }
-    }
+    add_cmdline_hints(cfg, &mut guests);
     guests.sort_by_key(|g| (g.pid, g.id, g.vm_fd));
     Discovery {
         guests,
         backends,
         notes,
+    }
+}
+
+/// The guests as cheaply as the kernel can tell them: on a registry kernel
+/// `/proc/kvm/.list`, one read for every guest (see [`list_registry`]);
+/// elsewhere [`discover_with`].
+pub fn list_with(cfg: &Config) -> Discovery {
+    list_registry(cfg).unwrap_or_else(|| discover_with(cfg))
+}
+
+/// The guests from `/proc/kvm/.list` in one read: those of this pid
+/// namespace that the reader may see, without their vCPU threads (`vcpus`
+/// has one entry per vCPU, threads unknown). `None` without a registry
+/// or without `.list`. A tool that needs vCPU threads, or VMs of child pid
+/// namespaces, uses [`discover_with`].
+pub fn list_registry(cfg: &Config) -> Option<Discovery> {
+    if !cfg.use_registry || !proc_kvm::available(&cfg.proc_root) {
+        return None;
+    }
+    let crate::procfs::Read::Ok((entries, bad)) = proc_kvm::read_list(&cfg.proc_root) else {
+        return None;
+    };
+    let mut notes = Vec::new();
+    if bad > 0 {
+        notes.push(format!(
+            "{bad} lines of {} not understood",
+            cfg.proc_root.join("kvm/.list").display()
+        ));
+    }
+    Some(Discovery {
+        guests: entries.iter().map(proc_kvm::ListEntry::guest).collect(),
+        backends: vec![
+            (Source::ProcKvm, BackendState::Used),
+            (Source::FdScan, BackendState::NotNeeded),
+            (Source::Debugfs, BackendState::NotNeeded),
+        ],
+        notes,
+    })
+}
+
+/// Name guests the kernel has no name for by their qemu `-name`, marked
+/// as an unverified hint (when `cfg.cmdline_hints`).
+pub(crate) fn add_cmdline_hints(cfg: &Config, guests: &mut [Guest]) {
+    if !cfg.cmdline_hints {
+        return;
+    }
+    for g in guests.iter_mut().filter(|g| g.name.is_none()) {
+        if let Some(n) = cfg.proc_root.cmdline(g.pid).and_then(|c| qemu_name(&c)) {
+            g.name = Some(GuestName::CmdlineHint(n));
+            g.provenance.name = Some(Source::Cmdline);
+        }
+    }
+}
+
+/// The note for fallback guests some of whose vCPU threads are unknown.
+pub(crate) fn note_unknown_vcpu_threads(guests: &mut [Guest]) {
+    for g in guests {
+        if !g.vcpus.is_empty() && g.vcpus.iter().any(|v| v.tid.is_none()) {
+            g.notes.push(
+                "some vCPU threads unknown: this kernel tells them only through debugfs (root) or the VM registry"
+                    .into(),
+            );
+        }
     }
 }
 

@@ -11,19 +11,22 @@
 pub mod backend;
 pub mod cpu;
 pub mod discover;
+pub mod kept;
 pub mod model;
 pub mod perf;
 pub mod procfs;
 pub mod select;
 pub mod stats;
 pub mod symbols;
+pub mod track;
 pub mod watch;
 
 #[cfg(test)]
 pub(crate) mod testutil;
 
 pub use discover::{
-    discover, discover_with, guest_counters, guest_counters_of, guest_stats, Config, Discovery,
+    discover, discover_with, guest_counters, guest_counters_of, guest_stats, list_with, Config,
+    Discovery,
 };
 pub use model::{Guest, GuestName, Provenance, Source, Vcpu};
 pub use select::{select, select_as, SelectError};

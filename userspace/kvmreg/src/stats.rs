@@ -311,6 +311,22 @@ pub type VcpuSums = (Layout, usize, Vec<(String, u64)>);
 pub fn parse_vcpu_sums(bytes: &[u8]) -> Result<VcpuSums, StatsError> {
     let mut src = bytes;
     let layout = read_layout(&mut src)?;
+    let (blocks, values) = vcpu_sums_with(&layout, bytes)?;
+    let sums = layout
+        .descs
+        .iter()
+        .filter(|d| d.size == 1)
+        .map(|d| d.name.clone())
+        .zip(values)
+        .collect();
+    Ok((layout, blocks, sums))
+}
+
+/// The vCPU blocks of a `vcpu_stats` stream whose layout is already
+/// known (parsed once, as a kept-open file's is): the number of blocks and
+/// the sum of each scalar counter, in the order of the layout's scalar
+/// descriptors (those with `size == 1`). Allocates only the result.
+pub fn vcpu_sums_with(layout: &Layout, bytes: &[u8]) -> Result<(usize, Vec<u64>), StatsError> {
     let start = usize::try_from(layout.data_offset).unwrap_or(usize::MAX);
     let block = usize::try_from(layout.data_len).unwrap_or(usize::MAX);
     let data = bytes.get(start..).ok_or(StatsError::Truncated {
@@ -330,18 +346,16 @@ pub fn parse_vcpu_sums(bytes: &[u8]) -> Result<VcpuSums, StatsError> {
         .filter(|d| d.size == 1)
         .map(|d| {
             let at = d.offset as usize;
-            let sum = data
-                .chunks_exact(block)
+            data.chunks_exact(block)
                 .map(|b| {
                     let mut a = [0u8; 8];
                     a.copy_from_slice(&b[at..at + 8]);
                     u64::from_ne_bytes(a)
                 })
-                .fold(0u64, u64::wrapping_add);
-            (d.name.clone(), sum)
+                .fold(0u64, u64::wrapping_add)
         })
         .collect();
-    Ok((layout, blocks, sums))
+    Ok((blocks, sums))
 }
 
 /// Parse a whole stream held in memory. Never panics, whatever the bytes.

@@ -7,15 +7,16 @@ use crate::render;
 use crate::sampling::HeaderSampler;
 use kvmreg::Config;
 
-pub fn run(cfg: &Config, args: &BatchArgs) -> anyhow::Result<()> {
+pub fn run(cfg: &Config, args: &BatchArgs, sample: bool) -> anyhow::Result<()> {
     let delay = args.delay()?;
     let n = args.iterations.unwrap_or(1);
-    let mut sampler = HeaderSampler::new();
-    let mut prev = frame::read(cfg);
+    let mut sampler = HeaderSampler::with(sample);
+    let mut reader = frame::Reader::new(cfg);
+    let mut prev = reader.read();
     sampler.follow(&prev.guests);
     for _ in 0..n {
         std::thread::sleep(delay);
-        let cur = frame::read(cfg);
+        let cur = reader.read();
         let f = frame::frame(&prev, &cur, sampler.take());
         let text = if args.json {
             format!("{}\n", serde_json::to_string(&f)?)

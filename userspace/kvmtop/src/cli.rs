@@ -35,6 +35,12 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub batch: BatchArgs,
+    /// Split the guests' time into guest kernel and guest user in the
+    /// header, by sampling every vCPU thread (cpu-clock, 1 kHz). Off by
+    /// default: a sample interrupts a running vCPU, i.e. forces a VM exit,
+    /// and would add to the exits the view shows.
+    #[arg(long)]
+    pub sample: bool,
     /// Symbols for the profile the live view opens on Enter.
     #[command(flatten)]
     pub syms: SymbolArgs,
@@ -86,6 +92,11 @@ pub enum Command {
         /// A JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// Look in every process, not only at /proc/kvm/.list: also VMs of
+        /// processes in child pid namespaces (containers), and each guest's
+        /// vCPU threads (JSON). Slower with many processes.
+        #[arg(long)]
+        all: bool,
     },
     /// One guest's KVM stats as totals and rates per second (like kvm_stat for one guest):
     /// full-screen on a terminal, text or JSON frames with -b.
@@ -111,7 +122,7 @@ pub enum Command {
     Name {
         /// The guest: its name, id or owner pid.
         guest: String,
-        /// The new name: 1 to 63 of [A-Za-z0-9._+:@-], not starting with '.' or '-'.
+        /// The new name: 1 to 63 of [A-Za-z0-9._+:-], not starting with '.' or '-'.
         new_name: String,
     },
     /// Serve per-guest metrics in the OpenMetrics / Prometheus text format.

@@ -5,9 +5,12 @@
 //! to a VMM, so a stopped or hung VMM cannot stall a refresh.
 
 use crate::host::{self, HostSplit, HostTimes};
+use kvmreg::backend::stats_fd::StatsFdError;
 use kvmreg::cpu::{self, CpuRates, CpuSnapshot};
 use kvmreg::discover::{BackendState, Counters};
+use kvmreg::kept::KeptFile;
 use kvmreg::procfs::Read;
+use kvmreg::track::Tracker;
 use kvmreg::{Config, Guest, Source};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -34,36 +37,83 @@ pub struct Reading {
     pub host: Option<HostTimes>,
 }
 
-/// Read everything once.
-pub fn read(cfg: &Config) -> Reading {
-    let d = kvmreg::discover_with(cfg);
-    let mut cpu = HashMap::new();
-    let mut counters = HashMap::new();
-    for g in &d.guests {
-        if let std::collections::hash_map::Entry::Vacant(e) = cpu.entry(g.pid) {
-            if let Read::Ok(s) = cpu::snapshot(&cfg.proc_root, g.pid) {
-                e.insert(s);
-            }
+/// What reads the frames: the guest set kept between frames, and the
+/// host's `/proc/stat`, kept open.
+pub struct Reader {
+    pub tracker: Tracker,
+    host_stat: Option<KeptFile>,
+}
+
+impl Reader {
+    /// Discover the guests and start following them.
+    pub fn new(cfg: &Config) -> Reader {
+        Reader {
+            host_stat: KeptFile::open(&cfg.proc_root.join("stat"), 4096).ok(),
+            tracker: Tracker::new(cfg.clone()),
         }
+    }
+
+    /// Read everything once (see [`read`]).
+    pub fn read(&mut self) -> Reading {
+        let mut r = read(&mut self.tracker);
+        r.host = self
+            .host_stat
+            .as_mut()
+            .and_then(|f| f.read().ok())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(host::parse_stat);
+        r
+    }
+}
+
+/// Read everything once: bring the tracker's guest set up to date, then
+/// each guest's counters and its process' (or, where a process runs
+/// several VMs, its vCPU threads') CPU times, from kept-open files. A guest
+/// found gone while reading is left out of the reading. The host times are
+/// left to the caller ([`Reader::read`]).
+pub fn read(t: &mut Tracker) -> Reading {
+    t.refresh();
+    let mut counters = HashMap::new();
+    let mut i = 0;
+    while i < t.guests().len() {
+        let g = &t.guests()[i];
+        let k = key(g);
         let c = if g.details_hidden {
             Err("hidden: no ptrace rights over the VMM".to_string())
         } else {
-            kvmreg::guest_counters_of(cfg, g, Some(FRAME_COUNTERS)).map_err(|e| e.to_string())
+            match t.counters(i, Some(FRAME_COUNTERS)) {
+                // Gone: the tracker dropped it; the same index is the next.
+                Err(StatsFdError::Gone(_)) if t.guests().get(i).map(key) != Some(k) => continue,
+                r => r.map_err(|e| e.to_string()),
+            }
         };
-        counters.insert(key(g), c);
+        counters.insert(k, c);
+        i += 1;
     }
-    let host = cfg
-        .proc_root
-        .read_string("stat")
-        .ok()
-        .and_then(|t| host::parse_stat(&t));
+    let mut cpu = HashMap::new();
+    let mut pids: Vec<u32> = t.guests().iter().map(|g| g.pid).collect();
+    pids.dedup();
+    for pid in pids {
+        let of_pid: Vec<&Guest> = t.guests().iter().filter(|g| g.pid == pid).collect();
+        // One VM: the process' own times (one file). Several: each VM's
+        // vCPU threads, which the rows sum separately.
+        let tids: Option<Vec<u32>> = (of_pid.len() > 1).then(|| {
+            of_pid
+                .iter()
+                .flat_map(|g| g.vcpus.iter().filter_map(|v| v.tid))
+                .collect()
+        });
+        if let Read::Ok(s) = t.cpu(pid, tids.as_deref()) {
+            cpu.insert(pid, s);
+        }
+    }
     Reading {
         at: Instant::now(),
-        guests: d.guests,
-        backends: d.backends,
+        guests: t.guests().to_vec(),
+        backends: t.backends().to_vec(),
         cpu,
         counters,
-        host,
+        host: None,
     }
 }
 

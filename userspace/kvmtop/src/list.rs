@@ -18,7 +18,10 @@ pub struct Entry {
     pub pid: u32,
     pub uid: Option<u32>,
     pub vcpus: usize,
-    pub vcpu_tids: Vec<Option<u32>>,
+    /// The vCPU threads (`null` for unknown ones); `null` when not read:
+    /// the fast listing (`/proc/kvm/.list`) has only the count, `--all`
+    /// reads them.
+    pub vcpu_tids: Option<Vec<Option<u32>>>,
     pub memory_bytes: Option<u64>,
     pub age_s: Option<f64>,
     /// `vm-created` (the registry's creation time) or `process-start` (the
@@ -57,7 +60,8 @@ pub fn process_age(proc: &ProcRoot, pid: u32) -> Option<f64> {
     Some((uptime - start as f64 / kvmreg::cpu::clock_ticks_per_second()).max(0.0))
 }
 
-pub fn entry(proc: &ProcRoot, g: &Guest) -> Entry {
+/// `tids`: whether `g`'s vCPU threads were read.
+pub fn entry(proc: &ProcRoot, g: &Guest, tids: bool) -> Entry {
     let (age_s, age_source) = match (g.created, boottime_ns()) {
         (Some(c), Some(now)) => (Some(now.saturating_sub(c) as f64 / 1e9), Some("vm-created")),
         _ => match process_age(proc, g.pid) {
@@ -85,7 +89,7 @@ pub fn entry(proc: &ProcRoot, g: &Guest) -> Entry {
         pid: g.pid,
         uid: g.uid,
         vcpus: g.vcpus.len(),
-        vcpu_tids: g.vcpus.iter().map(|v| v.tid).collect(),
+        vcpu_tids: tids.then(|| g.vcpus.iter().map(|v| v.tid).collect()),
         memory_bytes: g.memory_bytes,
         age_s,
         age_source,
@@ -156,10 +160,22 @@ pub fn table(entries: &[Entry]) -> String {
     out
 }
 
-/// Run `kvmtop list`.
-pub fn run(cfg: &Config, json: bool) -> anyhow::Result<()> {
-    let d = kvmreg::discover_with(cfg);
-    let entries: Vec<Entry> = d.guests.iter().map(|g| entry(&cfg.proc_root, g)).collect();
+/// Run `kvmtop list`: from `/proc/kvm/.list` (one read) on a registry
+/// kernel, unless `all` asks for every process' `/proc/<pid>/kvm` (VMs of
+/// child pid namespaces too, and vCPU threads).
+pub fn run(cfg: &Config, json: bool, all: bool) -> anyhow::Result<()> {
+    let (d, tids) = match (!all)
+        .then(|| kvmreg::discover::list_registry(cfg))
+        .flatten()
+    {
+        Some(d) => (d, false),
+        None => (kvmreg::discover_with(cfg), true),
+    };
+    let entries: Vec<Entry> = d
+        .guests
+        .iter()
+        .map(|g| entry(&cfg.proc_root, g, tids))
+        .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
     } else if entries.is_empty() {
@@ -182,7 +198,7 @@ mod tests {
         let mut g = Guest::new(77);
         g.name = Some(GuestName::CmdlineHint("web".into()));
         g.provenance.pid = Some(Source::FdScan);
-        let mut e = entry(&ProcRoot::new("/nonexistent-proc"), &g);
+        let mut e = entry(&ProcRoot::new("/nonexistent-proc"), &g, true);
         assert_eq!(e.name_kind, Some("cmdline-hint"));
         assert_eq!(e.age_s, None);
         e.age_s = Some(65.0);

@@ -53,9 +53,9 @@ fn run(c: Cli) -> anyhow::Result<()> {
     check_symbol_options(&c)?;
     let cfg = config(&c);
     match c.command {
-        None if c.batch.batch => batch::run(&cfg, &c.batch),
-        None => tui::run(&cfg, &c.batch, &c.syms),
-        Some(Command::List { json }) => list::run(&cfg, json || c.batch.json),
+        None if c.batch.batch => batch::run(&cfg, &c.batch, c.sample),
+        None => tui::run(&cfg, &c.batch, &c.syms, c.sample),
+        Some(Command::List { json, all }) => list::run(&cfg, json || c.batch.json, all),
         Some(Command::Stat { guest, batch }) => stat::run(&cfg, guest.guest.as_deref(), &batch),
         Some(Command::Profile {
             guest,

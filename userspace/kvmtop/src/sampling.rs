@@ -1,5 +1,11 @@
 //! Guest-mode perf sampling for the overview header: one sampler over every
 //! known vCPU thread, re-opened when the set of threads changes.
+//!
+//! Off unless asked for (`--sample`): a `cpu-clock` sample of a vCPU thread
+//! running its guest interrupts it, i.e. forces a VM exit, so sampling every
+//! guest at 1 kHz would add to the very exit counts the overview shows. The
+//! header's host/guest split needs no sampling: it comes from the kernel's
+//! `guest_time` accounting (`/proc/stat`, `/proc/<pid>/stat`).
 
 use crate::frame::SamplingSummary;
 use kvmreg::perf::record::CpuMode;
@@ -7,7 +13,13 @@ use kvmreg::perf::{Sampler, SamplerConfig};
 use kvmreg::Guest;
 use std::time::Instant;
 
+/// Why the header has no guest-kernel/guest-user split by default.
+pub const NOT_ASKED: &str =
+    "off (kvmtop --sample splits guest kernel/user; sampling forces VM exits)";
+
 pub struct HeaderSampler {
+    /// False unless the user asked for sampling.
+    enabled: bool,
     sampler: Option<Sampler>,
     tids: Vec<u32>,
     since: Instant,
@@ -42,8 +54,18 @@ pub fn summary(c: Counts, secs: f64) -> SamplingSummary {
 }
 
 impl HeaderSampler {
+    /// A sampler that samples (`enabled`, the user asked) or only says it
+    /// does not.
+    pub fn with(enabled: bool) -> Self {
+        HeaderSampler {
+            enabled,
+            ..Self::new()
+        }
+    }
+
     pub fn new() -> Self {
         HeaderSampler {
+            enabled: true,
             sampler: None,
             tids: Vec::new(),
             since: Instant::now(),
@@ -53,6 +75,9 @@ impl HeaderSampler {
 
     /// Follow the current guest list: re-open on a change of vCPU threads.
     pub fn follow(&mut self, guests: &[Guest]) {
+        if !self.enabled {
+            return;
+        }
         let mut tids: Vec<u32> = guests
             .iter()
             .flat_map(|g| g.vcpus.iter().filter_map(|v| v.tid))
@@ -77,6 +102,11 @@ impl HeaderSampler {
     pub fn take(&mut self) -> SamplingSummary {
         let secs = self.since.elapsed().as_secs_f64();
         self.since = Instant::now();
+        if !self.enabled {
+            return SamplingSummary::Off {
+                reason: NOT_ASKED.into(),
+            };
+        }
         let Some(s) = &mut self.sampler else {
             return SamplingSummary::Off {
                 reason: self
@@ -132,6 +162,27 @@ mod tests {
             } => assert_eq!(guest_kernel_pct, None),
             o => panic!("{o:?}"),
         }
+    }
+
+    #[test]
+    fn not_asked_is_off_and_opens_nothing() {
+        let mut g = Guest::new(1);
+        g.vcpus.push(kvmreg::Vcpu {
+            index: 0,
+            vcpu_id: None,
+            tid: Some(std::process::id()),
+            tid_source: None,
+            fd: None,
+        });
+        let mut h = HeaderSampler::with(false);
+        h.follow(&[g]);
+        assert!(h.sampler.is_none());
+        assert_eq!(
+            h.take(),
+            SamplingSummary::Off {
+                reason: NOT_ASKED.into()
+            }
+        );
     }
 
     #[test]

@@ -167,7 +167,7 @@ pub fn exposition(r: &Reading, openmetrics: bool) -> String {
     o
 }
 
-fn answer(s: &mut TcpStream, cfg: &Config) -> std::io::Result<()> {
+fn answer(s: &mut TcpStream, reader: &mut frame::Reader) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut r = BufReader::new(s.try_clone()?);
@@ -187,7 +187,7 @@ fn answer(s: &mut TcpStream, cfg: &Config) -> std::io::Result<()> {
     let path = first.split_whitespace().nth(1).unwrap_or("");
     let (status, ctype, body) = match (first.split_whitespace().next(), path) {
         (Some("GET"), "/metrics") => {
-            let reading = frame::read(cfg);
+            let reading = reader.read();
             let ct = if openmetrics {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8"
             } else {
@@ -224,11 +224,12 @@ pub fn run(cfg: &Config, listen: &str, max: Option<u64>) -> anyhow::Result<()> {
         "kvmtop: serving metrics on http://{}/metrics",
         l.local_addr()?
     );
+    let mut reader = frame::Reader::new(cfg);
     let mut served = 0u64;
     for conn in l.incoming() {
         match conn {
             Ok(mut s) => {
-                if let Err(e) = answer(&mut s, cfg) {
+                if let Err(e) = answer(&mut s, &mut reader) {
                     eprintln!("kvmtop: a metrics request failed: {e}");
                 }
                 served += 1;

@@ -339,12 +339,13 @@ fn start_profile(app: &mut App, g: &Guest, syms: &SymbolArgs) -> Option<Profiler
 }
 
 /// The live overview; `syms` name the functions of the profile Enter opens.
-pub fn run(cfg: &Config, args: &BatchArgs, syms: &SymbolArgs) -> anyhow::Result<()> {
+pub fn run(cfg: &Config, args: &BatchArgs, syms: &SymbolArgs, sample: bool) -> anyhow::Result<()> {
     let delay = args.delay()?;
     let (_guard, mut term) = term::terminal()?;
     let mut app = App::new();
-    let mut sampler = HeaderSampler::new();
-    let mut prev = frame::read(cfg);
+    let mut sampler = HeaderSampler::with(sample);
+    let mut reader = frame::Reader::new(cfg);
+    let mut prev = reader.read();
     sampler.follow(&prev.guests);
     let mut profiler: Option<Profiler> = None;
     term.draw(|f| draw(f, &app))?;
@@ -365,7 +366,7 @@ pub fn run(cfg: &Config, args: &BatchArgs, syms: &SymbolArgs) -> anyhow::Result<
             }
             Action::None => {}
         }
-        let cur = frame::read(cfg);
+        let cur = reader.read();
         let s = if profiler.is_some() {
             SamplingSummary::Off {
                 reason: "paused while a profile is open".into(),

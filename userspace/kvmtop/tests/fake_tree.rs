@@ -26,9 +26,16 @@ fn list_json_shows_registry_names_ids_and_sources() {
     assert_eq!(a[0]["pid"], 10);
     assert_eq!(a[0]["uid"], kvmreg::model::current_euid());
     assert_eq!(a[0]["memory_bytes"], 2048 * 1024);
-    assert_eq!(a[0]["vcpu_tids"], serde_json::json!([11]));
+    // From /proc/kvm/.list: the vCPU count, not the threads.
+    assert_eq!(a[0]["vcpus"], 1);
+    assert_eq!(a[0]["vcpu_tids"], Value::Null);
     assert_eq!(a[0]["sources"][0], "proc-kvm");
     assert_eq!(a[1]["name"], "db");
+    // --all reads every process' /proc/<pid>/kvm, threads included.
+    let o = run(&["list", "--json", "--all", "--proc-root", d.path()]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v[0]["vcpu_tids"], serde_json::json!([11]));
+    assert_eq!(v[1]["name"], "db");
     let t = run(&["list", "--proc-root", d.path()]);
     let t = String::from_utf8_lossy(&t.stdout);
     assert!(

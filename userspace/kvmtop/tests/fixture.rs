@@ -24,7 +24,34 @@ fn list_json_has_the_fixture_guests() {
         return;
     }
     let fx = Fixture::start(&["lista", "listb"], 20);
-    let o = run(&["list", "--json"]);
+    // The fast listing (/proc/kvm/.list on a registry kernel) has the same
+    // guests, names, ids and vCPU counts as the walk of every process.
+    let fast = run(&["list", "--json"]);
+    assert!(
+        fast.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fast.stderr)
+    );
+    let fast: Value = serde_json::from_slice(&fast.stdout).expect("JSON");
+    for l in &fx.lines {
+        let e = fast
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|e| e["pid"] == l.pid)
+            .unwrap_or_else(|| panic!("guest {} (pid {}) missing from {fast:#}", l.name, l.pid));
+        assert_eq!(e["vcpus"], l.tids.len(), "{e:#}");
+        if l.named {
+            assert_eq!(e["name"], l.name.as_str());
+            assert_eq!(e["id"], l.id.expect("id of a named guest"));
+            assert_eq!(
+                e["vcpu_tids"],
+                Value::Null,
+                "threads are not in .list: {e:#}"
+            );
+        }
+    }
+    let o = run(&["list", "--json", "--all"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
     for l in &fx.lines {
@@ -221,7 +248,7 @@ fn too_few_file_descriptors_turn_sampling_off_with_a_reason() {
     let fx = Fixture::start_with_vcpus(&["fds"], 10, 16);
     let pid = fx.lines[0].pid;
     // 16 vCPU threads need 16 perf fds on top of kvmtop's own few.
-    let o = common::kvmtop_with_nofile(12, &["-b", "-n", "2", "-d", "0.5", "--json"]);
+    let o = common::kvmtop_with_nofile(12, &["-b", "-n", "2", "-d", "0.5", "--json", "--sample"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let f = frames(&o.stdout);
@@ -239,5 +266,63 @@ fn too_few_file_descriptors_turn_sampling_off_with_a_reason() {
             reason.contains("out of file descriptors") && reason.contains("ulimit -n"),
             "{reason}"
         );
+    }
+}
+
+/// kvmtop keeps its guest set between frames and follows the kernel's
+/// uevents: a guest started, renamed (registry kernel) and destroyed while
+/// it runs is right in the frames that follow, without a full rescan
+/// (which comes only every 60 s).
+#[test]
+fn guests_created_renamed_and_destroyed_between_frames_are_right_in_the_next_frames() {
+    if !kvm_usable(
+        "guests_created_renamed_and_destroyed_between_frames_are_right_in_the_next_frames",
+    ) {
+        return;
+    }
+    use std::io::BufRead;
+    let renamed = Fixture::start(&["evold"], 20);
+    let mut gone = Fixture::start(&["evgone"], 20);
+    let mut c = common::kvmtop()
+        .args(["-b", "-n", "1000", "-d", "0.5", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kvmtop");
+    let mut out = std::io::BufReader::new(c.stdout.take().expect("piped stdout"));
+    let mut next_frame = || {
+        let mut l = String::new();
+        out.read_line(&mut l).expect("a frame");
+        serde_json::from_str::<Value>(&l).unwrap_or_else(|e| panic!("bad frame {l:?}: {e}"))
+    };
+    let first = next_frame();
+    let (r, g) = (&renamed.lines[0], &gone.lines[0]);
+    assert!(
+        row(&first, r.pid).is_some() && row(&first, g.pid).is_some(),
+        "{first:#}"
+    );
+    let new = Fixture::start(&["evnew"], 20);
+    if r.named {
+        let o = run(&["name", &r.pid.to_string(), "evrenamed"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    gone.child.kill().expect("kill");
+    gone.child.wait().expect("reap");
+    // The frame under way may predate a change; the one after may not.
+    next_frame();
+    let f = next_frame();
+    c.kill().ok();
+    c.wait().ok();
+    let n = &new.lines[0];
+    assert!(row(&f, n.pid).is_some(), "started guest missing: {f:#}");
+    assert!(
+        row(&f, g.pid).is_none(),
+        "destroyed guest still there: {f:#}"
+    );
+    let r_row = row(&f, r.pid).unwrap_or_else(|| panic!("renamed guest missing: {f:#}"));
+    if r.named {
+        assert_eq!(r_row["name"], "evrenamed", "{r_row:#}");
+        assert_eq!(row(&f, n.pid).expect("new")["name"], "evnew");
+    } else {
+        eprintln!("NOT CHECKED: kernel without the VM registry: no rename");
     }
 }

@@ -70,6 +70,13 @@ fn rename(d: &TempDir, pid: u32, id: u64, old: &str, new: &str) {
         status.replace(&format!("Name:\t{old}\n"), &format!("Name:\t{new}\n")),
     )
     .expect("status");
+    let list = d.0.join("kvm/.list");
+    let text = std::fs::read_to_string(&list).expect(".list");
+    std::fs::write(
+        &list,
+        text.replace(&format!(" {old}\n"), &format!(" {new}\n")),
+    )
+    .expect(".list");
     std::fs::remove_file(d.0.join(format!("kvm/{old}"))).expect("old link");
     d.symlink(&format!("kvm/{new}"), &format!("../{pid}/kvm/{id}"));
 }

@@ -62,6 +62,110 @@ pub fn parse_vcpus(text: &str) -> Vec<Vcpu> {
         .collect()
 }
 
+/// One line of `/proc/kvm/.list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    pub id: u64,
+    /// The owner, in the pid namespace of the proc mount.
+    pub pid: u32,
+    pub uid: u32,
+    pub vcpus: u32,
+    pub memory_kib: u64,
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    pub created: u64,
+    /// The VM's link in `/proc/kvm`: `<name>` or `<name>@<uid>`.
+    pub link: String,
+}
+
+impl ListEntry {
+    /// The VM's name: the link without its `@<uid>` (no name holds `@`).
+    pub fn name(&self) -> &str {
+        self.link.split('@').next().unwrap_or(&self.link)
+    }
+
+    /// The guest this line describes, without its vCPU threads (which only
+    /// `/proc/<pid>/kvm/<id>/vcpus` tells): `vcpus` holds `vcpus` entries
+    /// with unknown threads.
+    pub fn guest(&self) -> Guest {
+        let mut g = Guest::new(self.pid);
+        g.id = Some(self.id);
+        g.name = Some(GuestName::Kernel(self.name().to_string()));
+        g.uid = Some(self.uid);
+        g.memory_bytes = Some(self.memory_kib.saturating_mul(1024));
+        g.created = Some(self.created);
+        g.vcpus = (0..self.vcpus)
+            .map(|index| Vcpu {
+                index,
+                vcpu_id: None,
+                tid: None,
+                tid_source: None,
+                fd: None,
+            })
+            .collect();
+        let p = &mut g.provenance;
+        for f in [
+            &mut p.id,
+            &mut p.pid,
+            &mut p.name,
+            &mut p.uid,
+            &mut p.vcpus,
+            &mut p.memory,
+            &mut p.created,
+        ] {
+            *f = Some(Source::ProcKvm);
+        }
+        g
+    }
+}
+
+/// Parse `/proc/kvm/.list`: `id pid uid vcpus memory_kib created link`,
+/// one VM a line. Columns may be added before the last one (the link,
+/// which stays last), so the first six are read by position and the link
+/// is the last field. A malformed line is skipped and counted.
+pub fn parse_list(text: &str) -> (Vec<ListEntry>, usize) {
+    let mut bad = 0;
+    let entries = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            let e = parse_list_line(l);
+            bad += usize::from(e.is_none());
+            e
+        })
+        .collect();
+    (entries, bad)
+}
+
+fn parse_list_line(line: &str) -> Option<ListEntry> {
+    let f: Vec<&str> = line.split(' ').collect();
+    if f.len() < 7 {
+        return None;
+    }
+    let link = f[f.len() - 1];
+    if link.is_empty() || link.starts_with('.') || link.contains('/') {
+        return None;
+    }
+    Some(ListEntry {
+        id: f[0].parse().ok()?,
+        pid: f[1].parse().ok()?,
+        uid: f[2].parse().ok()?,
+        vcpus: f[3].parse().ok()?,
+        memory_kib: f[4].parse().ok()?,
+        created: f[5].parse().ok()?,
+        link: link.to_string(),
+    })
+}
+
+/// Read `/proc/kvm/.list`: every VM this reader sees in `/proc/kvm`, in one
+/// read. `Read::Skip(Gone)` on a registry kernel without the file.
+pub fn read_list(proc: &ProcRoot) -> Read<(Vec<ListEntry>, usize)> {
+    match proc.read_string("kvm/.list") {
+        Read::Ok(t) => Read::Ok(parse_list(&t)),
+        Read::Skip(s) => Read::Skip(s),
+        Read::Err(e) => Read::Err(e),
+    }
+}
+
 /// Read one VM directory `/proc/<pid>/kvm/<id>`.
 pub fn read_vm(proc: &ProcRoot, pid: u32, id: u64) -> Read<Guest> {
     let dir = format!("{pid}/kvm/{id}");
@@ -216,6 +320,29 @@ mod tests {
         assert_eq!(tids, vec![Some(101), Some(102)]);
         assert_eq!(f.guests[1].vcpus[0].tid, None);
         assert_eq!(f.guests[2].vcpus.len(), 1);
+    }
+
+    #[test]
+    fn list_lines_parse_and_garbage_is_counted() {
+        let (e, bad) = parse_list(
+            "5 1234 0 4 4194304 5159707888 web\n\
+             7 1301 64055 2 1048576 5170000000 9 web@64055\n\
+             x 1 2 3 4 5 bad\n\
+             8 1 2 3 4 5\n\
+             9 1 2 3 4 5 .hidden\n",
+        );
+        assert_eq!(bad, 3);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].name(), "web");
+        assert_eq!(e[1].link, "web@64055");
+        assert_eq!(e[1].name(), "web");
+        assert_eq!(e[1].created, 5170000000);
+        let g = e[1].guest();
+        assert_eq!((g.id, g.pid, g.uid), (Some(7), 1301, Some(64055)));
+        assert_eq!(g.qualified_name(0).as_deref(), Some("web@64055"));
+        assert_eq!(g.qualified_name(64055).as_deref(), Some("web"));
+        assert_eq!(g.vcpus.len(), 2);
+        assert_eq!(g.memory_bytes, Some(1048576 * 1024));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! compression feature is left off to keep the dependency tree small); such
 //! files give symbols without lines, and say so in `lines_note`.
 
-use super::{read_capped, Resolved, SymbolError, SymbolTable, MAX_ELF_FILE};
+use super::{read_capped, Resolved, SymbolError, SymbolTable, TableBuilder, MAX_ELF_FILE};
 
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use std::borrow::Cow;
@@ -52,7 +52,9 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<ElfSymbols, SymbolError> {
         .build_id()
         .map_err(|e| invalid(format!("bad build-id note: {e}")))?
         .map(<[u8]>::to_vec);
-    let mut entries = Vec::new();
+    // Names are copied into one buffer (checked UTF-8 by `object`), the
+    // table laid out as kallsyms' is.
+    let mut table = TableBuilder::new(Vec::new());
     for s in file.symbols() {
         if s.kind() != SymbolKind::Text || !s.is_definition() {
             continue;
@@ -61,7 +63,9 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<ElfSymbols, SymbolError> {
         if name.is_empty() {
             continue;
         }
-        entries.push((s.address(), s.size(), name.to_string(), None));
+        table
+            .push_name(s.address(), s.size(), name, None)
+            .map_err(|_| invalid("more symbols or name bytes than 32-bit offsets hold".into()))?;
     }
     let (lines, lines_note) = match load_lines(&file) {
         Ok(Some(c)) => (Some(c), None),
@@ -69,7 +73,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<ElfSymbols, SymbolError> {
         Err(e) => (None, Some(format!("DWARF unusable: {e}"))),
     };
     Ok(ElfSymbols {
-        table: SymbolTable::new(entries),
+        table: table.finish(),
         build_id,
         lines,
         lines_note,
@@ -110,17 +114,35 @@ impl ElfSymbols {
     /// Symbol and, where DWARF has it, file and line of `addr`.
     pub fn resolve(&self, addr: u64) -> Option<Resolved> {
         let mut r = self.table.lookup(addr)?;
+        if let Some(loc) = self.location(addr) {
+            r.file = loc.file.map(str::to_string);
+            r.line = loc.line;
+        }
+        Some(r)
+    }
+
+    /// Whether there are DWARF lines.
+    pub fn has_lines(&self) -> bool {
+        self.lines.is_some()
+    }
+
+    /// `file:line` (or `file`) of `addr`, where DWARF has it: for the rows
+    /// shown, not per sample.
+    pub fn source_line(&self, addr: u64) -> Option<String> {
+        let loc = self.location(addr)?;
+        match (loc.file, loc.line) {
+            (Some(f), Some(l)) => Some(format!("{f}:{l}")),
+            (Some(f), None) => Some(f.to_string()),
+            _ => None,
+        }
+    }
+
+    fn location(&self, addr: u64) -> Option<addr2line::Location<'_>> {
         // addr2line looks up `[addr, addr + 1)` without checking for
         // overflow, a panic at u64::MAX (which a guest IP minus the KASLR
         // offset can be): the last byte of the address space gets no line.
-        let lines = self.lines.as_ref().filter(|_| addr != u64::MAX);
-        if let Some(ctx) = lines {
-            if let Ok(Some(loc)) = ctx.find_location(addr) {
-                r.file = loc.file.map(str::to_string);
-                r.line = loc.line;
-            }
-        }
-        Some(r)
+        let ctx = self.lines.as_ref().filter(|_| addr != u64::MAX)?;
+        ctx.find_location(addr).ok().flatten()
     }
 }
 

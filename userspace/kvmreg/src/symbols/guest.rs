@@ -7,8 +7,9 @@
 
 use super::elf::{self, ElfSymbols};
 use super::modules::{self, Module};
-use super::{kallsyms, kaslr_offset, Resolved, SymbolError, SymbolTable};
+use super::{kallsyms, kaslr_offset, Resolved, SymbolError, SymbolIdx, SymbolTable, Symbolizer};
 use crate::Guest;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// Where to find a guest's symbols.
@@ -178,6 +179,72 @@ impl GuestSymbols {
             file: None,
             line: None,
         })
+    }
+}
+
+/// Slots: the vmlinux symbols, then the kallsyms symbols, then the
+/// modules' ranges; tried in [`GuestSymbols::resolve`]'s order.
+impl Symbolizer for GuestSymbols {
+    fn slots(&self) -> usize {
+        self.vmlinux_len() + self.kallsyms_len() + self.modules.len()
+    }
+
+    #[inline]
+    fn slot(&self, ip: u64) -> Option<u32> {
+        let i = if let Some((i, _)) = self
+            .vmlinux
+            .as_ref()
+            .and_then(|e| e.table.find_index(ip.wrapping_sub(self.kaslr as u64)))
+        {
+            i.get()
+        } else if let Some((i, _)) = self.kallsyms.as_ref().and_then(|k| k.find_index(ip)) {
+            self.vmlinux_len() + i.get()
+        } else {
+            let m = modules::module_index(&self.modules, ip)?;
+            self.vmlinux_len() + self.kallsyms_len() + m
+        };
+        u32::try_from(i).ok()
+    }
+
+    fn slot_name(&self, slot: u32) -> (Cow<'_, str>, Option<&str>) {
+        let s = slot as usize;
+        let (nv, nk) = (self.vmlinux_len(), self.kallsyms_len());
+        fn in_table(t: &SymbolTable, i: usize) -> (Cow<'_, str>, Option<&str>) {
+            let i = SymbolIdx(i as u32);
+            (Cow::Borrowed(t.name(i)), t.module(i))
+        }
+        match (&self.vmlinux, &self.kallsyms) {
+            (Some(e), _) if s < nv => in_table(&e.table, s),
+            (_, Some(k)) if s < nv + nk => in_table(k, s - nv),
+            _ => match s.checked_sub(nv + nk).and_then(|m| self.modules.get(m)) {
+                Some(m) => (Cow::Owned(format!("[{}]", m.name)), Some(&m.name)),
+                None => (Cow::Borrowed("?"), None),
+            },
+        }
+    }
+
+    fn has_lines(&self) -> bool {
+        self.vmlinux.as_ref().is_some_and(|e| e.has_lines())
+    }
+
+    /// The vmlinux's line, for addresses a vmlinux symbol covers.
+    fn source_line(&self, ip: u64) -> Option<String> {
+        let e = self.vmlinux.as_ref()?;
+        let addr = ip.wrapping_sub(self.kaslr as u64);
+        e.table.find_index(addr)?;
+        e.source_line(addr)
+    }
+}
+
+impl GuestSymbols {
+    #[inline]
+    fn vmlinux_len(&self) -> usize {
+        self.vmlinux.as_ref().map_or(0, |e| e.table.len())
+    }
+
+    #[inline]
+    fn kallsyms_len(&self) -> usize {
+        self.kallsyms.as_ref().map_or(0, SymbolTable::len)
     }
 }
 

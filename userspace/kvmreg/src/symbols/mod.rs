@@ -6,9 +6,11 @@
 
 pub mod elf;
 pub mod guest;
+mod index;
 pub mod kallsyms;
 pub mod modules;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// Guest symbol files larger than this are refused (a real kallsyms with
@@ -50,7 +52,9 @@ pub(crate) fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, SymbolError>
         });
     }
     use std::io::Read;
-    let mut buf = Vec::new();
+    // Sized from the start (`take` hides the size from `read_to_end`,
+    // which would grow the buffer by doubling, copying it each time).
+    let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0).saturating_add(1));
     std::fs::File::open(path)
         .map_err(io)?
         .take(max + 1)
@@ -78,51 +82,157 @@ pub struct Resolved {
     pub line: Option<u32>,
 }
 
-/// An address-sorted symbol table with sizes where known.
-#[derive(Debug, Clone, Default)]
+/// A symbol of a [`SymbolTable`]: its position in address order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SymbolIdx(u32);
+
+impl SymbolIdx {
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// No module (a `u32` index into [`SymbolTable`]'s module list otherwise).
+const NO_MODULE: u32 = u32::MAX;
+
+/// Where a symbol's name is in the name buffer, and its module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    name_off: u32,
+    name_len: u32,
+    module: u32,
+}
+
+/// An address-sorted symbol table with sizes where known, laid out for
+/// lookups: the addresses in their own search index (a two-level index,
+/// `symbols/index.rs`), names as offsets into one byte buffer (for
+/// kallsyms, the file itself), module names interned.
+///
+/// Symbols at the same address stay in the order they were added (file
+/// order for kallsyms, symbol table order for ELF); a lookup gives the last
+/// of them, as `partition_point(|a| a <= addr) - 1` does.
+///
+/// Names are checked to be UTF-8 when added (kallsyms: only the names it
+/// keeps, see [`kallsyms::parse_bytes`]), so they are `&str` here.
+#[derive(Clone, Default)]
 pub struct SymbolTable {
-    /// `(address, size or 0 if unknown, name, module)`, sorted by address.
-    entries: Vec<(u64, u64, String, Option<String>)>,
-    /// The entries' addresses alone, for the binary search: 8 bytes an
-    /// entry instead of 64 keeps the search in cache (a 200k-symbol
-    /// kallsyms was 5x slower to search through `entries`).
-    addrs: Vec<u64>,
+    index: index::AddrIndex,
+    /// Per symbol, in address order.
+    meta: Vec<Meta>,
+    /// Per symbol, in address order: 0 if unknown. Empty when no size is
+    /// known (kallsyms), so lookups do not touch it.
+    sizes: Vec<u64>,
+    names: Vec<u8>,
+    modules: Vec<Box<str>>,
+}
+
+impl std::fmt::Debug for SymbolTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SymbolTable")
+            .field("symbols", &self.len())
+            .field("sized", &!self.sizes.is_empty())
+            .field("modules", &self.modules)
+            .finish()
+    }
 }
 
 impl SymbolTable {
-    pub fn new(mut entries: Vec<(u64, u64, String, Option<String>)>) -> Self {
-        entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
-        let addrs = entries.iter().map(|e| e.0).collect();
-        SymbolTable { entries, addrs }
+    /// A table of `(address, size or 0 if unknown, name, module)`.
+    pub fn new(entries: Vec<(u64, u64, String, Option<String>)>) -> Self {
+        let mut b = TableBuilder::new(Vec::new());
+        for (addr, size, name, module) in entries {
+            let module = module.and_then(|m| b.intern(m.as_bytes()).ok());
+            // A `Vec<(.., String, ..)>` cannot hold 4 GiB of names.
+            let _ = b.push_name(addr, size, &name, module);
+        }
+        b.finish()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.meta.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.meta.is_empty()
     }
 
-    /// Address of a symbol by name.
+    /// Address of a symbol by name (a linear scan: for the few names
+    /// [`kaslr_offset`] asks for, not for samples).
     pub fn address_of(&self, name: &str) -> Option<u64> {
-        self.entries.iter().find(|e| e.2 == name).map(|e| e.0)
+        let i = self
+            .meta
+            .iter()
+            .position(|m| self.name_bytes(m) == name.as_bytes())?;
+        self.index.get(i)
     }
 
-    /// The symbol covering `addr`, borrowed from the table: the last one at
-    /// or below it, within its size when the size is known. No allocation,
-    /// for callers that resolve every sample.
-    pub fn find(&self, addr: u64) -> Option<SymbolRef<'_>> {
-        let i = self.addrs.partition_point(|&a| a <= addr);
-        let (start, size, name, module) = self.entries.get(i.checked_sub(1)?)?;
-        if *size != 0 && addr - start >= *size {
-            return None;
+    /// The symbol covering `addr` and the offset into it: the last one at
+    /// or below it, within its size when the size is known. What a
+    /// per-sample path calls: a search of the address index and, for ELF
+    /// tables, a read of the size; no name is touched.
+    #[inline]
+    pub fn find_index(&self, addr: u64) -> Option<(SymbolIdx, u64)> {
+        let (i, start) = self.index.floor(addr)?;
+        let offset = addr - start;
+        if let Some(&size) = self.sizes.get(i) {
+            if size != 0 && offset >= size {
+                return None;
+            }
         }
-        Some(SymbolRef {
-            name,
-            offset: addr - start,
-            module: module.as_deref(),
+        Some((SymbolIdx(u32::try_from(i).ok()?), offset))
+    }
+
+    /// The symbols in address order: `(address, name, module)`.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &str, Option<&str>)> + '_ {
+        self.index.iter().zip(0..).map(|(a, i)| {
+            let i = SymbolIdx(i);
+            (a, self.name(i), self.module(i))
         })
+    }
+
+    /// Address of symbol `i`.
+    pub fn address(&self, i: SymbolIdx) -> Option<u64> {
+        self.index.get(i.get())
+    }
+
+    fn name_bytes(&self, m: &Meta) -> &[u8] {
+        let start = m.name_off as usize;
+        self.names
+            .get(start..start + m.name_len as usize)
+            .unwrap_or_default()
+    }
+
+    /// Name of symbol `i` ("" for an index not of this table).
+    pub fn name(&self, i: SymbolIdx) -> &str {
+        // Checked when the symbol was added; checked again rather than
+        // trusted with `from_utf8_unchecked`: a few bytes, only for the
+        // rows a person sees.
+        self.meta
+            .get(i.get())
+            .and_then(|m| std::str::from_utf8(self.name_bytes(m)).ok())
+            .unwrap_or_default()
+    }
+
+    /// Module of symbol `i`, for kallsyms entries with `[module]`.
+    pub fn module(&self, i: SymbolIdx) -> Option<&str> {
+        let m = self.meta.get(i.get())?.module;
+        self.modules.get(m as usize).map(|m| &**m)
+    }
+
+    /// Symbol `i`, borrowed, at `offset` into it.
+    pub fn symbol(&self, i: SymbolIdx, offset: u64) -> SymbolRef<'_> {
+        SymbolRef {
+            name: self.name(i),
+            offset,
+            module: self.module(i),
+        }
+    }
+
+    /// The symbol covering `addr`, borrowed: [`SymbolTable::find_index`]
+    /// and its name.
+    pub fn find(&self, addr: u64) -> Option<SymbolRef<'_>> {
+        let (i, offset) = self.find_index(addr)?;
+        Some(self.symbol(i, offset))
     }
 
     /// [`SymbolTable::find`], owned.
@@ -138,12 +248,187 @@ impl SymbolTable {
     }
 }
 
+/// Collects symbols, then sorts them into a [`SymbolTable`].
+pub(crate) struct TableBuilder {
+    addrs: Vec<u64>,
+    meta: Vec<Meta>,
+    /// Empty until a symbol has a size.
+    sizes: Vec<u64>,
+    pub(crate) names: Vec<u8>,
+    modules: Vec<Box<str>>,
+    module_ids: std::collections::HashMap<Box<str>, u32>,
+    /// The module interned last.
+    last_module: Option<u32>,
+    sorted: bool,
+}
+
+/// More symbols than a `u32` counts, or names beyond 4 GiB.
+#[derive(Debug)]
+pub(crate) struct TableFull;
+
+impl TableBuilder {
+    /// A builder whose names are offsets into `names` (names added with
+    /// [`TableBuilder::push_name`] are appended to it).
+    pub(crate) fn new(names: Vec<u8>) -> Self {
+        TableBuilder {
+            addrs: Vec::new(),
+            meta: Vec::new(),
+            sizes: Vec::new(),
+            names,
+            modules: Vec::new(),
+            module_ids: Default::default(),
+            last_module: None,
+            sorted: true,
+        }
+    }
+
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.addrs.reserve(n);
+        self.meta.reserve(n);
+    }
+
+    /// The index of module `name`, added if new. The last module is
+    /// checked first: kallsyms lists a module's symbols together.
+    #[inline]
+    pub(crate) fn intern(&mut self, name: &[u8]) -> Result<u32, std::str::Utf8Error> {
+        if let Some(i) = self.last_module {
+            if self.modules.get(i as usize).map(|m| m.as_bytes()) == Some(name) {
+                return Ok(i);
+            }
+        }
+        let name = std::str::from_utf8(name)?;
+        let i = match self.module_ids.get(name) {
+            Some(&i) => i,
+            None => {
+                // More than 4 billion modules would take more input than
+                // is read: they would share the last index.
+                let i = u32::try_from(self.modules.len()).unwrap_or(NO_MODULE - 1);
+                self.modules.push(name.into());
+                self.module_ids.insert(name.into(), i);
+                i
+            }
+        };
+        self.last_module = Some(i);
+        Ok(i)
+    }
+
+    /// Add a symbol whose name is `names[name.start..name.end]`, already
+    /// checked to be UTF-8.
+    #[inline]
+    pub(crate) fn push(
+        &mut self,
+        addr: u64,
+        size: u64,
+        name: std::ops::Range<usize>,
+        module: Option<u32>,
+    ) -> Result<(), TableFull> {
+        let name_off = u32::try_from(name.start).map_err(|_| TableFull)?;
+        let name_len = u32::try_from(name.len()).map_err(|_| TableFull)?;
+        if self.addrs.len() >= u32::MAX as usize {
+            return Err(TableFull);
+        }
+        if size != 0 || !self.sizes.is_empty() {
+            self.sizes.resize(self.addrs.len(), 0);
+            self.sizes.push(size);
+        }
+        self.sorted &= self.addrs.last().is_none_or(|&last| last <= addr);
+        self.addrs.push(addr);
+        self.meta.push(Meta {
+            name_off,
+            name_len,
+            module: module.unwrap_or(NO_MODULE),
+        });
+        Ok(())
+    }
+
+    /// Add a symbol, copying its name into the name buffer.
+    pub(crate) fn push_name(
+        &mut self,
+        addr: u64,
+        size: u64,
+        name: &str,
+        module: Option<u32>,
+    ) -> Result<(), TableFull> {
+        let start = self.names.len();
+        if u32::try_from(start + name.len()).is_err() {
+            return Err(TableFull);
+        }
+        self.names.extend_from_slice(name.as_bytes());
+        self.push(addr, size, start..start + name.len(), module)
+    }
+
+    /// Sort by address (stable: equal addresses keep the order they were
+    /// added in) and index.
+    pub(crate) fn finish(mut self) -> SymbolTable {
+        if !self.sizes.is_empty() {
+            self.sizes.resize(self.addrs.len(), 0);
+        }
+        // The kernel's own symbols come in address order; a module's are
+        // in its symbol table's order, after them. Only then is there a
+        // permutation to sort (stable, and near linear on sorted runs).
+        if !self.sorted {
+            let mut order: Vec<u32> = (0..self.addrs.len() as u32).collect();
+            order.sort_by_key(|&i| self.addrs[i as usize]);
+            let by = |v: &[u64]| order.iter().map(|&i| v[i as usize]).collect::<Vec<_>>();
+            self.addrs = by(&self.addrs);
+            if !self.sizes.is_empty() {
+                self.sizes = by(&self.sizes);
+            }
+            self.meta = order.iter().map(|&i| self.meta[i as usize]).collect();
+        }
+        SymbolTable {
+            index: index::AddrIndex::new(self.addrs),
+            meta: self.meta,
+            sizes: self.sizes,
+            names: self.names,
+            modules: self.modules,
+        }
+    }
+}
+
 /// A symbol of a [`SymbolTable`], borrowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SymbolRef<'a> {
     pub name: &'a str,
     pub offset: u64,
     pub module: Option<&'a str>,
+}
+
+/// Symbols that samples are counted against (a [`SymbolTable`], a guest's
+/// [`guest::GuestSymbols`]): a dense slot number per symbol, found per
+/// sample without allocating, and names and source lines only when the
+/// rows a person sees are built.
+pub trait Symbolizer {
+    /// Slots are `0..slots()`.
+    fn slots(&self) -> usize;
+    /// The slot of the symbol covering `ip`: the per-sample call.
+    fn slot(&self, ip: u64) -> Option<u32>;
+    /// Symbol name and module of a slot.
+    fn slot_name(&self, slot: u32) -> (Cow<'_, str>, Option<&str>);
+    /// Whether [`Symbolizer::source_line`] can say anything.
+    fn has_lines(&self) -> bool {
+        false
+    }
+    /// `file:line` (or `file`) of `ip`, where debug information has it.
+    fn source_line(&self, _ip: u64) -> Option<String> {
+        None
+    }
+}
+
+impl Symbolizer for SymbolTable {
+    fn slots(&self) -> usize {
+        self.len()
+    }
+
+    #[inline]
+    fn slot(&self, ip: u64) -> Option<u32> {
+        self.find_index(ip).map(|(i, _)| i.0)
+    }
+
+    fn slot_name(&self, slot: u32) -> (Cow<'_, str>, Option<&str>) {
+        let i = SymbolIdx(slot);
+        (Cow::Borrowed(self.name(i)), self.module(i))
+    }
 }
 
 /// The KASLR offset of a guest kernel: where kallsyms says `_stext` (or

@@ -54,8 +54,13 @@ pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Vec<Module>, SymbolError
 
 /// The module whose range holds `addr`.
 pub fn module_at(mods: &[Module], addr: u64) -> Option<&Module> {
+    mods.get(module_index(mods, addr)?)
+}
+
+/// [`module_at`], as an index into `mods`.
+pub fn module_index(mods: &[Module], addr: u64) -> Option<usize> {
     mods.iter()
-        .find(|m| addr >= m.address && addr - m.address < m.size)
+        .position(|m| addr >= m.address && addr - m.address < m.size)
 }
 
 #[cfg(test)]

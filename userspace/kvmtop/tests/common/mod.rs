@@ -274,4 +274,18 @@ pub fn fake_registry_vm_of(d: &TempDir, pid: u32, id: u64, name: &str, exits: u6
         format!("{name}@{uid}")
     };
     d.symlink(&format!("kvm/{link}"), &format!("../{pid}/kvm/{id}"));
+    // The owner's CPU times (every process has them; kvmtop reads a VM's
+    // process' stat each frame, and a process without one is gone).
+    let mut f = vec!["0"; 50];
+    f[0] = "S";
+    d.write(
+        &format!("{pid}/stat"),
+        format!("{pid} (vmm) {}\n", f.join(" ")),
+    );
+    // The kernel's one-read listing, in id order as the kernel writes it
+    // (callers add VMs in id order).
+    let list = d.0.join("kvm/.list");
+    let mut text = std::fs::read_to_string(&list).unwrap_or_default();
+    text.push_str(&format!("{id} {pid} {uid} 1 2048 0 {link}\n"));
+    std::fs::write(&list, text).expect("write .list");
 }

@@ -1,0 +1,253 @@
+//! Files kept open between refreshes and re-read with `pread`: a refresh
+//! then costs one system call per file instead of a path walk, an open, a
+//! read and a close.
+//!
+//! Only files that do not pin what they describe are kept open: the
+//! registry's `/proc/<pid>/kvm/<id>/*` files fail with `ESRCH` once their VM
+//! is gone and `/proc/<pid>/stat` once its process is. KVM's debugfs files
+//! and a stats fd taken with `pidfd_getfd` hold a reference on the VM (its
+//! memory stays allocated until they are closed), so those are opened for
+//! one read and closed again (see [`crate::discover::guest_counters_of`]).
+
+use crate::cpu::{self, ThreadTimes};
+use crate::stats::{self, Layout, StatsError};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Larger files are refused: far above a `vcpu_stats` of a 1024-vCPU VM.
+const MAX_FILE: usize = 64 << 20;
+
+/// An open file re-read whole, from offset 0, into a buffer kept with it.
+#[derive(Debug)]
+pub struct KeptFile {
+    file: File,
+    path: PathBuf,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl KeptFile {
+    /// Open `path`; `initial` is the buffer size first tried (it grows
+    /// when a read fills it).
+    pub fn open(path: &Path, initial: usize) -> io::Result<KeptFile> {
+        Ok(KeptFile {
+            file: File::open(path)?,
+            path: path.to_path_buf(),
+            buf: vec![0; initial.max(64)],
+            len: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole file as it is now: one `pread` while the buffer holds the
+    /// file, more only when it has grown past the buffer (which then
+    /// doubles, so the next read is one call again).
+    pub fn read(&mut self) -> io::Result<&[u8]> {
+        loop {
+            let n = self.read_from(0)?;
+            if n < self.buf.len() {
+                self.len = n;
+                return Ok(&self.buf[..n]);
+            }
+            if self.buf.len() >= MAX_FILE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is larger than {MAX_FILE} bytes", self.path.display()),
+                ));
+            }
+            let len = self.buf.len() * 2;
+            self.buf.resize(len, 0);
+        }
+    }
+
+    /// Fill the buffer from `offset`, retrying on `EINTR`.
+    fn read_from(&mut self, offset: u64) -> io::Result<usize> {
+        loop {
+            match self.file.read_at(&mut self.buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// What the last [`read`](Self::read) returned.
+    pub fn last(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat`, kept open: CPU
+/// times in one `pread`. For a process, the times are those of the whole
+/// thread group (threads that exited included), `guest_time` too.
+#[derive(Debug)]
+pub struct StatFile(KeptFile);
+
+impl StatFile {
+    pub fn open(path: &Path) -> io::Result<StatFile> {
+        KeptFile::open(path, 1024).map(StatFile)
+    }
+
+    /// The times now. A vanished process or thread is an `ESRCH` error
+    /// (see [`crate::procfs::classify`]); a line that does not parse is
+    /// `InvalidData`.
+    pub fn times(&mut self) -> io::Result<ThreadTimes> {
+        let bytes = self.0.read()?;
+        let bad = |why: &dyn std::fmt::Display| {
+            io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| bad(&e))?;
+        cpu::parse_stat(text).map_err(|e| bad(&e))
+    }
+}
+
+/// Why a [`VcpuStatsFile`] gave no sums.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuStatsError {
+    /// `ESRCH`/`ENOENT`: the VM is gone. Other errors: the file could not be
+    /// read.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Stats(#[from] StatsError),
+}
+
+/// A registry `vcpu_stats` file kept open, its header and descriptors
+/// parsed once: each refresh is one `pread` and a sum over the blocks. The
+/// layout is parsed again only when the bytes before the data change (they
+/// do not while the VM lives; checking costs a compare, not a parse).
+#[derive(Debug)]
+pub struct VcpuStatsFile {
+    file: KeptFile,
+    layout: Option<(Vec<u8>, Layout)>,
+}
+
+/// One reading of a [`VcpuStatsFile`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcpuSums<'a> {
+    /// vCPU blocks in the file: the VM's number of vCPUs.
+    pub vcpus: usize,
+    layout: &'a Layout,
+    sums: Vec<u64>,
+}
+
+impl VcpuSums<'_> {
+    /// Each scalar counter and its sum over the vCPUs.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.layout
+            .descs
+            .iter()
+            .filter(|d| d.size == 1)
+            .map(|d| d.name.as_str())
+            .zip(self.sums.iter().copied())
+    }
+
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+impl VcpuStatsFile {
+    pub fn open(path: &Path) -> io::Result<VcpuStatsFile> {
+        Ok(VcpuStatsFile {
+            file: KeptFile::open(path, 16 << 10)?,
+            layout: None,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// The file's bytes now, unparsed (one `pread`): the floor a
+    /// benchmark compares [`read`](Self::read) with.
+    pub fn read_raw(&mut self) -> io::Result<&[u8]> {
+        self.file.read()
+    }
+
+    /// The counters now, summed over the vCPUs.
+    pub fn read(&mut self) -> Result<VcpuSums<'_>, VcpuStatsError> {
+        let bytes = self.file.read()?;
+        if !matches!(&self.layout, Some((prefix, _)) if bytes.starts_with(prefix)) {
+            let mut src = bytes;
+            let layout = stats::read_layout(&mut src)?;
+            let end = usize::try_from(layout.data_offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            self.layout = Some((bytes[..end].to_vec(), layout));
+        }
+        let Some((_, layout)) = &self.layout else {
+            return Err(StatsError::BadHeader("no layout".into()).into());
+        };
+        let (vcpus, sums) = stats::vcpu_sums_with(layout, self.file.last())?;
+        Ok(VcpuSums {
+            vcpus,
+            layout,
+            sums,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    fn vcpu_stats(blocks: &[&[u64]]) -> Vec<u8> {
+        // One vCPU's stream, then more data blocks of the same layout.
+        let names = ["exits", "halt_attempted_poll"];
+        let first: Vec<(&str, u32, &[u64])> = names
+            .iter()
+            .zip(blocks[0].iter())
+            .map(|(n, v)| (*n, 0, std::slice::from_ref(v)))
+            .collect();
+        let mut b = stats::encode("kvm-1/vcpus", 48, &first);
+        for blk in &blocks[1..] {
+            for v in *blk {
+                b.extend_from_slice(&v.to_ne_bytes());
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn kept_file_rereads_and_grows() {
+        let d = TempDir::new("kept");
+        d.write("f", "abc");
+        let mut k = KeptFile::open(&d.path().join("f"), 1).unwrap();
+        assert_eq!(k.read().unwrap(), b"abc");
+        d.write("f", "x".repeat(1000));
+        assert_eq!(k.read().unwrap().len(), 1000);
+        assert!(k.buf.len() > 1000);
+    }
+
+    #[test]
+    fn vcpu_stats_sums_follow_the_file() {
+        let d = TempDir::new("kept-vs");
+        d.write("vs", vcpu_stats(&[&[10, 1], &[5, 2]]));
+        let mut f = VcpuStatsFile::open(&d.path().join("vs")).unwrap();
+        let s = f.read().unwrap();
+        assert_eq!(s.vcpus, 2);
+        assert_eq!(s.get("exits"), Some(15));
+        assert_eq!(s.get("halt_attempted_poll"), Some(3));
+        // Rewritten in place (a new vCPU): same layout, three blocks.
+        d.write("vs", vcpu_stats(&[&[10, 1], &[5, 2], &[1, 1]]));
+        let s = f.read().unwrap();
+        assert_eq!((s.vcpus, s.get("exits")), (3, Some(16)));
+        // Garbage is an error, not a panic.
+        d.write("vs", [1u8, 2, 3]);
+        assert!(f.read().is_err());
+    }
+
+    #[test]
+    fn stat_file_reads_this_process() {
+        let mut s = StatFile::open(Path::new("/proc/self/stat")).unwrap();
+        let t = s.times().unwrap();
+        assert_eq!(t.tid, std::process::id());
+        assert!(s.times().is_ok());
+    }
+}

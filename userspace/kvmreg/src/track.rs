@@ -1,0 +1,781 @@
+//! A guest set kept between refreshes, at a cost that follows change rather
+//! than the number of guests: what a tool that watches guests every second
+//! (kvmtop) builds on.
+//!
+//! The set is learned once by a full [`discover_with`], then kept up to date
+//! by KVM's uevents, with reconciles as the safety net for lost ones:
+//!
+//! - On a registry kernel an event (create, destroy, rename, each with
+//!   `VM_ID=`) makes the next [`Tracker::refresh`] read `/proc/kvm/.list`
+//!   once and merge it: new VMs get their vCPU threads from their `vcpus`
+//!   file, renamed ones their new name, destroyed ones leave. A destroy
+//!   event removes its VM at once. `.list` is also read every
+//!   [`Policy::list_every`] whatever the events.
+//! - On other kernels an event names the process (`PID=`): that process
+//!   alone is scanned again (its fd table, debugfs for its vCPU threads).
+//! - Every [`Policy::full_every`], and when the socket says events were lost
+//!   (`ENOBUFS`), a full discovery replaces the set. It also finds what
+//!   `.list` cannot show: VMs of processes in child pid namespaces.
+//!
+//! Between changes a refresh reads, per guest, its `vcpu_stats` (registry
+//! kernels; kept open, one `pread`) and its process' `stat` (kept open, one
+//! `pread`), and nothing else: no directory listing, no fd table, no name.
+//! See [`crate::kept`] for which files are kept open and why the others are
+//! not.
+
+use crate::backend::{debugfs, fd_scan, proc_kvm, stats_fd::StatsFdError};
+use crate::cpu::{CpuSnapshot, ThreadTimes};
+use crate::discover::{self, discover_with, BackendState, Config, Counters};
+use crate::kept::{StatFile, VcpuStatsError, VcpuStatsFile};
+use crate::procfs::{classify, Read, Skip};
+use crate::watch::{KvmEvent, KvmEventKind, UeventSocket};
+use crate::{Guest, GuestName, Source};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// How often the tracker checks what the events should have told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Read `/proc/kvm/.list` (registry kernels) at least this often.
+    pub list_every: Duration,
+    /// Run a full discovery at least this often.
+    pub full_every: Duration,
+}
+
+impl Policy {
+    /// With uevents: `.list` every 5 s, a full discovery every 60 s.
+    pub const WITH_EVENTS: Policy = Policy {
+        list_every: Duration::from_secs(5),
+        full_every: Duration::from_secs(60),
+    };
+    /// Without uevents (no netlink in this namespace): `.list` at every
+    /// refresh (one read for all guests), a full discovery every 5 s.
+    pub const WITHOUT_EVENTS: Policy = Policy {
+        list_every: Duration::ZERO,
+        full_every: Duration::from_secs(5),
+    };
+}
+
+/// What the tracker did, for tools that show their own cost and for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub events: u64,
+    pub overruns: u64,
+    pub list_reads: u64,
+    pub full_discoveries: u64,
+    pub pid_rescans: u64,
+}
+
+/// The state of one guest's kept-open `vcpu_stats`.
+#[derive(Debug)]
+enum VcpuStats {
+    Unopened,
+    Open(VcpuStatsFile),
+    /// A registry kernel without the file: counters come from elsewhere.
+    Absent,
+}
+
+/// Which guest: its id on a registry kernel, else owner pid and VM fd.
+type Key = (u32, Option<u64>, Option<i32>);
+
+fn key(g: &Guest) -> Key {
+    (g.pid, g.id, g.vm_fd)
+}
+
+/// A guest set kept between refreshes. See the module documentation.
+pub struct Tracker {
+    cfg: Config,
+    policy: Policy,
+    socket: Option<UeventSocket>,
+    socket_error: Option<String>,
+    registry: bool,
+    guests: Vec<Guest>,
+    backends: Vec<(Source, BackendState)>,
+    notes: Vec<String>,
+    /// Ids in the last `.list`: a guest that was there and is not any more
+    /// is gone; one never there (a child pid namespace's) is left to the
+    /// full discovery.
+    listed: HashSet<u64>,
+    vcpu_stats: HashMap<u64, VcpuStats>,
+    /// Kept-open `stat` files by (pid, tid); tid 0 is the whole process.
+    stat_files: HashMap<(u32, u32), (StatFile, u64)>,
+    /// Refresh count, to close the `stat` files of guests no longer read.
+    generation: u64,
+    last_list: Instant,
+    last_full: Instant,
+    list_due: bool,
+    full_due: bool,
+    pids_due: BTreeSet<u32>,
+    /// Guests whose vCPU threads are to be read again (their vCPU count
+    /// changed).
+    vcpus_due: BTreeSet<u64>,
+    activity: Activity,
+}
+
+impl Tracker {
+    /// Discover the guests and start following them, with the host's
+    /// uevents when this process may listen to them.
+    pub fn new(cfg: Config) -> Tracker {
+        if cfg.proc_root.path() != std::path::Path::new("/proc") {
+            // The host's uevents describe the host's /proc, not this tree.
+            return Self::without_events(cfg, Policy::WITHOUT_EVENTS);
+        }
+        match UeventSocket::open() {
+            Ok(s) => Self::start(cfg, Policy::WITH_EVENTS, Some(s), None),
+            Err(e) => Self::start(
+                cfg,
+                Policy::WITHOUT_EVENTS,
+                None,
+                Some(format!(
+                    "no uevents ({e}): the guest list is reconciled at every refresh"
+                )),
+            ),
+        }
+    }
+
+    /// A tracker fed only by [`Tracker::apply`] and its reconciles: for
+    /// tests, and for callers that read uevents themselves.
+    pub fn without_events(cfg: Config, policy: Policy) -> Tracker {
+        let why = format!(
+            "no uevents for {}: the guest list is reconciled every {:?}",
+            cfg.proc_root.path().display(),
+            policy.list_every
+        );
+        Self::start(cfg, policy, None, Some(why))
+    }
+
+    fn start(
+        cfg: Config,
+        policy: Policy,
+        socket: Option<UeventSocket>,
+        socket_error: Option<String>,
+    ) -> Tracker {
+        let now = Instant::now();
+        let mut t = Tracker {
+            registry: cfg.use_registry && proc_kvm::available(&cfg.proc_root),
+            cfg,
+            policy,
+            socket,
+            socket_error,
+            guests: Vec::new(),
+            backends: Vec::new(),
+            notes: Vec::new(),
+            listed: HashSet::new(),
+            vcpu_stats: HashMap::new(),
+            stat_files: HashMap::new(),
+            generation: 0,
+            last_list: now,
+            last_full: now,
+            list_due: false,
+            full_due: false,
+            pids_due: BTreeSet::new(),
+            vcpus_due: BTreeSet::new(),
+            activity: Activity::default(),
+        };
+        t.full();
+        t
+    }
+
+    /// The guests, sorted by owner pid, id and VM fd.
+    pub fn guests(&self) -> &[Guest] {
+        &self.guests
+    }
+
+    /// Which backend gave the guests, as the last full discovery found.
+    pub fn backends(&self) -> &[(Source, BackendState)] {
+        &self.backends
+    }
+
+    /// Notes of the last full discovery (skipped processes and the like).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Why there are no uevents, when there are none.
+    pub fn socket_error(&self) -> Option<&str> {
+        self.socket_error.as_deref()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// True on a kernel with the VM registry (and the registry in use).
+    pub fn registry(&self) -> bool {
+        self.registry
+    }
+
+    pub fn activity(&self) -> Activity {
+        self.activity
+    }
+
+    /// Bring the set up to date: take the events that arrived, and
+    /// reconcile where one is due. Cheap when nothing changed: one
+    /// `recv` on the uevent socket.
+    pub fn refresh(&mut self) {
+        self.generation += 1;
+        let drained = match &self.socket {
+            Some(s) => s.wait(Duration::ZERO),
+            None => Ok(Some(Vec::new())),
+        };
+        match drained {
+            Ok(Some(events)) => self.apply(&events),
+            Ok(None) => {
+                self.activity.overruns += 1;
+                self.full_due = true;
+            }
+            Err(e) => {
+                self.socket_error = Some(format!(
+                    "uevent socket failed ({e}): the guest list is reconciled at every refresh"
+                ));
+                self.socket = None;
+                self.policy = Policy::WITHOUT_EVENTS;
+            }
+        }
+        if self.full_due || self.last_full.elapsed() >= self.policy.full_every {
+            self.full();
+            return;
+        }
+        if self.registry {
+            if self.list_due || self.last_list.elapsed() >= self.policy.list_every {
+                self.merge_list();
+            }
+            let due: Vec<u64> = std::mem::take(&mut self.vcpus_due).into_iter().collect();
+            for id in due {
+                self.reread_vcpus(id);
+            }
+        } else {
+            let due: Vec<u32> = std::mem::take(&mut self.pids_due).into_iter().collect();
+            for pid in due {
+                self.rescan_pid(pid);
+            }
+        }
+        self.close_unused_stat_files();
+    }
+
+    /// Take KVM events into account (the next [`refresh`](Self::refresh)
+    /// reads what they point at).
+    pub fn apply(&mut self, events: &[KvmEvent]) {
+        for e in events {
+            self.activity.events += 1;
+            match (self.registry, &e.kind, e.vm_id, e.pid) {
+                (true, KvmEventKind::Destroy, Some(id), _) => self.forget_vm(id),
+                (true, _, Some(_), _) => self.list_due = true,
+                (false, _, _, Some(pid)) => {
+                    self.pids_due.insert(pid);
+                }
+                // An event without the ids this kernel should give.
+                _ => self.full_due = true,
+            }
+        }
+    }
+
+    fn full(&mut self) {
+        let d = discover_with(&self.cfg);
+        self.activity.full_discoveries += 1;
+        self.guests = d.guests;
+        self.backends = d.backends;
+        self.notes = d.notes;
+        self.last_full = Instant::now();
+        self.full_due = false;
+        self.pids_due.clear();
+        self.vcpus_due.clear();
+        if self.registry {
+            // Which of them `.list` shows, so that a later `.list` without
+            // one of them means it is gone.
+            self.merge_list();
+        }
+        let ids: HashSet<u64> = self.guests.iter().filter_map(|g| g.id).collect();
+        self.vcpu_stats.retain(|id, _| ids.contains(id));
+    }
+
+    /// Read `/proc/kvm/.list` and merge it into the set.
+    fn merge_list(&mut self) {
+        self.last_list = Instant::now();
+        self.list_due = false;
+        let entries = match proc_kvm::read_list(&self.cfg.proc_root) {
+            Read::Ok((entries, _)) => entries,
+            // A registry without `.list` (an earlier version of the series),
+            // or an unreadable one: only the full discovery can tell.
+            _ => {
+                self.full_due = true;
+                return;
+            }
+        };
+        self.activity.list_reads += 1;
+        let by_id: HashMap<u64, &proc_kvm::ListEntry> = entries.iter().map(|e| (e.id, e)).collect();
+        let mut gone = Vec::new();
+        let mut moved = Vec::new();
+        for g in &mut self.guests {
+            let Some(id) = g.id else { continue };
+            match by_id.get(&id) {
+                Some(e) => {
+                    if e.pid != g.pid {
+                        // Adopted by another process (its owner exited):
+                        // its files are found under the new owner.
+                        g.pid = e.pid;
+                        g.vm_fd = None;
+                        moved.push(id);
+                    }
+                    g.name = Some(GuestName::Kernel(e.name().to_string()));
+                    g.uid = Some(e.uid);
+                    g.memory_bytes = Some(e.memory_kib.saturating_mul(1024));
+                    if e.vcpus as usize != g.vcpus.len() {
+                        self.vcpus_due.insert(id);
+                    }
+                }
+                None if self.listed.contains(&id) => gone.push(id),
+                None => {}
+            }
+        }
+        for id in gone {
+            self.forget_vm(id);
+        }
+        for id in moved {
+            self.vcpu_stats.remove(&id);
+        }
+        let known: HashSet<u64> = self.guests.iter().filter_map(|g| g.id).collect();
+        for e in entries.iter().filter(|e| !known.contains(&e.id)) {
+            let mut g = e.guest();
+            if let Read::Ok(t) = self
+                .cfg
+                .proc_root
+                .read_string(format!("{}/kvm/{}/vcpus", e.pid, e.id))
+            {
+                g.vcpus = proc_kvm::parse_vcpus(&t);
+            }
+            self.guests.push(g);
+        }
+        self.listed = by_id.into_keys().collect();
+        self.sort();
+    }
+
+    fn reread_vcpus(&mut self, id: u64) {
+        let Some(g) = self.guests.iter_mut().find(|g| g.id == Some(id)) else {
+            return;
+        };
+        match self
+            .cfg
+            .proc_root
+            .read_string(format!("{}/kvm/{id}/vcpus", g.pid))
+        {
+            Read::Ok(t) => g.vcpus = proc_kvm::parse_vcpus(&t),
+            Read::Skip(Skip::Gone) => self.forget_vm(id),
+            _ => {}
+        }
+    }
+
+    /// Scan one process again (kernels without the registry). `pid` is the
+    /// event's, the creating thread's: its thread group is scanned.
+    fn rescan_pid(&mut self, pid: u32) {
+        self.activity.pid_rescans += 1;
+        let proc = &self.cfg.proc_root;
+        let tgid = match proc.read_string(format!("{pid}/status")) {
+            Read::Ok(s) => crate::procfs::status_field(&s, "Tgid")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(pid),
+            // The thread is gone: its process' guests leave when their
+            // `stat` fails, or at the next full discovery.
+            _ => return,
+        };
+        let mut found = match fd_scan::scan_pid(proc, tgid) {
+            Read::Ok(g) => g,
+            Read::Skip(Skip::Gone) => Vec::new(),
+            _ => {
+                self.full_due = true;
+                return;
+            }
+        };
+        if let debugfs::Scan::Vms(vms) = debugfs::scan(&self.cfg.debugfs_root) {
+            debugfs::enrich(&mut found, &vms);
+        }
+        discover::note_unknown_vcpu_threads(&mut found);
+        discover::add_cmdline_hints(&self.cfg, &mut found);
+        self.guests.retain(|g| g.pid != tgid);
+        self.guests.extend(found);
+        self.sort();
+    }
+
+    fn sort(&mut self) {
+        self.guests.sort_by_key(key);
+    }
+
+    /// Drop a VM (destroyed).
+    fn forget_vm(&mut self, id: u64) {
+        self.guests.retain(|g| g.id != Some(id));
+        self.vcpu_stats.remove(&id);
+        self.listed.remove(&id);
+    }
+
+    /// Drop the guests of a process that is gone.
+    fn forget_pid(&mut self, pid: u32) {
+        let ids: Vec<u64> = self
+            .guests
+            .iter()
+            .filter(|g| g.pid == pid)
+            .filter_map(|g| g.id)
+            .collect();
+        for id in ids {
+            self.forget_vm(id);
+        }
+        self.guests.retain(|g| g.pid != pid);
+    }
+
+    /// CPU times of process `pid` (all its threads, `tids` `None`) or of
+    /// the threads `tids` alone, from kept-open `stat` files. A process that
+    /// is gone leaves the set.
+    pub fn cpu(&mut self, pid: u32, tids: Option<&[u32]>) -> Read<CpuSnapshot> {
+        let mut threads = BTreeMap::new();
+        match tids {
+            None => match self.times(pid, 0) {
+                Ok(t) => {
+                    threads.insert(pid, t);
+                }
+                Err(e) => return self.failed(pid, e),
+            },
+            Some(tids) => {
+                for &tid in tids {
+                    if let Ok(t) = self.times(pid, tid) {
+                        threads.insert(tid, t);
+                    }
+                }
+            }
+        }
+        Read::Ok(CpuSnapshot {
+            pid,
+            at: Instant::now(),
+            threads,
+        })
+    }
+
+    fn failed<T>(&mut self, pid: u32, e: std::io::Error) -> Read<T> {
+        match classify(&e) {
+            Some(Skip::Gone) => {
+                self.forget_pid(pid);
+                Read::Skip(Skip::Gone)
+            }
+            Some(s) => Read::Skip(s),
+            None => Read::Err(e),
+        }
+    }
+
+    fn times(&mut self, pid: u32, tid: u32) -> std::io::Result<ThreadTimes> {
+        let gen = self.generation;
+        let file = match self.stat_files.entry((pid, tid)) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let rel = if tid == 0 {
+                    format!("{pid}/stat")
+                } else {
+                    format!("{pid}/task/{tid}/stat")
+                };
+                v.insert((StatFile::open(&self.cfg.proc_root.join(rel))?, gen))
+            }
+        };
+        file.1 = gen;
+        let r = file.0.times();
+        if r.is_err() {
+            self.stat_files.remove(&(pid, tid));
+        }
+        r
+    }
+
+    fn close_unused_stat_files(&mut self) {
+        let keep_from = self.generation.saturating_sub(1);
+        self.stat_files.retain(|_, (_, used)| *used >= keep_from);
+    }
+
+    /// The counters of guest `index` (in [`guests`](Self::guests)) named in
+    /// `names` (all if `None`). On a registry kernel the vCPU counters come
+    /// from its kept-open `vcpu_stats`, in one `pread`, and the VM's
+    /// `stats` is read only for a name `vcpu_stats` does not have; elsewhere
+    /// as [`crate::guest_counters_of`] reads them. A VM found gone leaves
+    /// the set (the error says so).
+    pub fn counters(
+        &mut self,
+        index: usize,
+        names: Option<&[&str]>,
+    ) -> Result<Counters, StatsFdError> {
+        let Some(g) = self.guests.get(index) else {
+            return Err(StatsFdError::Unsupported("a guest at that index"));
+        };
+        let (pid, id, nvcpus) = (g.pid, g.id, g.vcpus.len());
+        let (Some(id), Some(Source::ProcKvm)) = (id, g.provenance.id) else {
+            return discover::guest_counters_of(&self.cfg, g, names);
+        };
+        let wanted = |n: &str| names.is_none_or(|ns| ns.contains(&n));
+        let mut c = Counters {
+            source: Source::ProcKvm,
+            values: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            notes: Vec::new(),
+        };
+        match self.read_vcpu_stats(pid, id, &mut c, &wanted) {
+            VcpuRead::Sums(vcpus) => {
+                if vcpus != nvcpus && vcpus != 0 {
+                    self.vcpus_due.insert(id);
+                }
+            }
+            VcpuRead::Gone => {
+                self.forget_vm(id);
+                return Err(StatsFdError::Gone(pid));
+            }
+            VcpuRead::Failed(note) => c.notes.push(note),
+            VcpuRead::Absent => {
+                return discover::guest_counters_of(&self.cfg, &self.guests[index], names);
+            }
+        }
+        let missing = names.is_none_or(|ns| ns.iter().any(|n| !c.values.contains_key(*n)));
+        if missing {
+            // VM-wide stats: read on demand, not kept open (a frame asks
+            // only for vCPU counters).
+            match discover::guest_stats(&self.cfg, &self.guests[index]) {
+                Ok((source, s)) => {
+                    for st in s.stats.iter().filter(|s| s.values.len() == 1) {
+                        let n = st.desc.name.as_str();
+                        if wanted(n) && !c.values.contains_key(n) {
+                            c.values.insert(n.to_string(), st.values[0]);
+                            c.sources.insert(n.to_string(), source);
+                        }
+                    }
+                }
+                Err(e) => c.notes.push(format!("VM stats: {e}")),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Sum a registry VM's vCPU counters from its kept-open `vcpu_stats`
+    /// into `c`, opening it on first use.
+    fn read_vcpu_stats(
+        &mut self,
+        pid: u32,
+        id: u64,
+        c: &mut Counters,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> VcpuRead {
+        let proc = &self.cfg.proc_root;
+        let state = self.vcpu_stats.entry(id).or_insert(VcpuStats::Unopened);
+        if matches!(state, VcpuStats::Unopened) {
+            match VcpuStatsFile::open(&proc.join(format!("{pid}/kvm/{id}/vcpu_stats"))) {
+                Ok(f) => *state = VcpuStats::Open(f),
+                // No file, or no VM: the VM's own directory tells which.
+                Err(e) if classify(&e) == Some(Skip::Gone) => {
+                    if !proc.join(format!("{pid}/kvm/{id}")).is_dir() {
+                        return VcpuRead::Gone;
+                    }
+                    *state = VcpuStats::Absent;
+                }
+                Err(e) => return VcpuRead::Failed(format!("vcpu_stats of VM {id}: {e}")),
+            }
+        }
+        let VcpuStats::Open(f) = state else {
+            return VcpuRead::Absent;
+        };
+        let failed = match f.read() {
+            Ok(s) => {
+                for (n, v) in s.iter().filter(|(n, _)| wanted(n)) {
+                    c.values.insert(n.to_string(), v);
+                    c.sources.insert(n.to_string(), Source::ProcKvm);
+                }
+                return VcpuRead::Sums(s.vcpus);
+            }
+            Err(VcpuStatsError::Io(e)) if classify(&e) == Some(Skip::Gone) => {
+                return VcpuRead::Gone;
+            }
+            Err(e) => format!("{}: {e}", f.path().display()),
+        };
+        // Opened again next time: a malformed read is not cached.
+        *state = VcpuStats::Unopened;
+        VcpuRead::Failed(failed)
+    }
+}
+
+/// What [`Tracker::read_vcpu_stats`] found.
+enum VcpuRead {
+    /// Counters added; the number of vCPU blocks.
+    Sums(usize),
+    Gone,
+    Failed(String),
+    Absent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procfs::ProcRoot;
+    use crate::stats;
+    use crate::testutil::TempDir;
+
+    fn cfg(d: &TempDir) -> Config {
+        Config {
+            proc_root: ProcRoot::new(d.path()),
+            debugfs_root: d.path().join("no-debugfs"),
+            cmdline_hints: false,
+            use_registry: true,
+        }
+    }
+
+    /// A registry VM in the fake tree, and its `.list` line.
+    fn vm(d: &TempDir, pid: u32, id: u64, name: &str, exits: u64) -> String {
+        let dir = format!("{pid}/kvm/{id}");
+        d.write(&format!("{dir}/name"), format!("{name}\n"));
+        d.write(
+            &format!("{dir}/status"),
+            format!("Name:\t{name}\nId:\t{id}\nPid:\t{pid}\nUid:\t0\nVcpus:\t1\n"),
+        );
+        d.write(&format!("{dir}/vcpus"), format!("0 0 {}\n", pid + 1));
+        d.write(
+            &format!("{dir}/vcpu_stats"),
+            stats::encode("kvm-1/vcpus", 48, &[("exits", 0, &[exits])]),
+        );
+        d.write(
+            &format!("{pid}/stat"),
+            format!("{pid} (qemu) S 0 0 0 0 0 0 0 0 0 0 7 3 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 5 0 0 0 0 0 0 0 0 0\n"),
+        );
+        d.symlink(&format!("kvm/{name}"), &format!("../{pid}/kvm/{id}"));
+        format!("{id} {pid} 0 1 4096 100 {name}\n")
+    }
+
+    fn names(t: &Tracker) -> Vec<(u64, String)> {
+        t.guests()
+            .iter()
+            .map(|g| (g.id.unwrap_or(0), g.label_for(0)))
+            .collect()
+    }
+
+    #[test]
+    fn events_then_list_follow_create_rename_destroy() {
+        let d = TempDir::new("track");
+        let web = vm(&d, 100, 1, "web", 10);
+        d.write("kvm/.list", &web);
+        let policy = Policy {
+            list_every: Duration::from_secs(3600),
+            full_every: Duration::from_secs(3600),
+        };
+        let mut t = Tracker::without_events(cfg(&d), policy);
+        assert_eq!(names(&t), vec![(1, "web".into())]);
+        let full = t.activity().full_discoveries;
+
+        // Created: the event makes the next refresh read .list.
+        let db = vm(&d, 200, 2, "db", 5);
+        d.write("kvm/.list", format!("{web}{db}"));
+        t.refresh();
+        assert_eq!(
+            names(&t).len(),
+            1,
+            "no event, no reconcile due: not seen yet"
+        );
+        let ev = |kind, id| KvmEvent {
+            kind,
+            pid: Some(1),
+            vm_id: Some(id),
+        };
+        t.apply(&[ev(KvmEventKind::Create, 2)]);
+        t.refresh();
+        assert_eq!(names(&t), vec![(1, "web".into()), (2, "db".into())]);
+        assert_eq!(t.guests()[1].vcpus[0].tid, Some(201), "threads from vcpus");
+
+        // Renamed.
+        d.write("kvm/.list", format!("{web}2 200 0 1 4096 100 cache\n"));
+        t.apply(&[ev(KvmEventKind::Rename, 2)]);
+        t.refresh();
+        assert_eq!(names(&t)[1], (2, "cache".into()));
+
+        // Destroyed: gone at once, without a read.
+        t.apply(&[ev(KvmEventKind::Destroy, 1)]);
+        let lists = t.activity().list_reads;
+        t.refresh();
+        assert_eq!(names(&t), vec![(2, "cache".into())]);
+        assert_eq!(t.activity().list_reads, lists);
+        assert_eq!(t.activity().full_discoveries, full, "no full discovery");
+    }
+
+    #[test]
+    fn a_lost_event_is_repaired_by_the_reconcile() {
+        let d = TempDir::new("track-lost");
+        let web = vm(&d, 100, 1, "web", 10);
+        d.write("kvm/.list", &web);
+        let policy = Policy {
+            list_every: Duration::from_millis(50),
+            full_every: Duration::from_secs(3600),
+        };
+        let mut t = Tracker::without_events(cfg(&d), policy);
+        let db = vm(&d, 200, 2, "db", 5);
+        d.write("kvm/.list", format!("{web}{db}"));
+        t.refresh();
+        assert_eq!(names(&t).len(), 1);
+        std::thread::sleep(Duration::from_millis(60));
+        t.refresh();
+        assert_eq!(names(&t), vec![(1, "web".into()), (2, "db".into())]);
+        // Destroyed without an event: gone from the next .list.
+        d.write("kvm/.list", &db);
+        std::thread::sleep(Duration::from_millis(60));
+        t.refresh();
+        assert_eq!(names(&t), vec![(2, "db".into())]);
+    }
+
+    #[test]
+    fn counters_come_from_kept_vcpu_stats_and_a_gone_vm_leaves() {
+        let d = TempDir::new("track-c");
+        let web = vm(&d, 100, 1, "web", 10);
+        d.write("kvm/.list", &web);
+        let mut t = Tracker::without_events(cfg(&d), Policy::WITH_EVENTS);
+        let c = t.counters(0, Some(&["exits"])).unwrap();
+        assert_eq!(c.values.get("exits"), Some(&10));
+        assert_eq!(c.sources.get("exits"), Some(&Source::ProcKvm));
+        d.write(
+            "100/kvm/1/vcpu_stats",
+            stats::encode("kvm-1/vcpus", 48, &[("exits", 0, &[25])]),
+        );
+        let c = t.counters(0, Some(&["exits"])).unwrap();
+        assert_eq!(c.values.get("exits"), Some(&25));
+        // The VM goes: its vcpu_stats and directory are gone (a kept-open
+        // file of a real /proc fails with ESRCH; here, one not yet open).
+        let db = vm(&d, 200, 2, "db", 5);
+        d.write("kvm/.list", format!("{web}{db}"));
+        t.apply(&[KvmEvent {
+            kind: KvmEventKind::Create,
+            pid: None,
+            vm_id: Some(2),
+        }]);
+        t.refresh();
+        assert_eq!(t.guests().len(), 2);
+        std::fs::remove_dir_all(d.path().join("200/kvm")).unwrap();
+        assert!(matches!(t.counters(1, None), Err(StatsFdError::Gone(200))));
+        assert_eq!(t.guests().len(), 1);
+        // The process goes: its stat fails, its guests leave.
+        let cpu = t.cpu(100, None).ok().unwrap();
+        assert_eq!(cpu.threads[&100].guest_time, 5);
+        std::fs::remove_dir_all(d.path().join("100")).unwrap();
+        t.refresh();
+        t.refresh();
+        assert!(matches!(t.cpu(100, None), Read::Skip(Skip::Gone)));
+        assert!(t.guests().is_empty());
+    }
+
+    #[test]
+    fn stock_kernel_events_rescan_one_process() {
+        let d = TempDir::new("track-stock");
+        d.symlink("10/fd/4", "anon_inode:kvm-vm");
+        d.write("10/status", "Name:\tqemu\nTgid:\t10\nUid:\t0\t0\t0\t0\n");
+        let mut t = Tracker::without_events(cfg(&d), Policy::WITH_EVENTS);
+        assert!(!t.registry());
+        assert_eq!(t.guests().len(), 1);
+        d.symlink("20/fd/7", "anon_inode:kvm-vm");
+        d.write(
+            "21/status",
+            "Name:\tCPU 0/KVM\nTgid:\t20\nUid:\t0\t0\t0\t0\n",
+        );
+        t.apply(&[KvmEvent {
+            kind: KvmEventKind::Create,
+            pid: Some(21),
+            vm_id: None,
+        }]);
+        t.refresh();
+        let pids: Vec<(u32, Option<i32>)> = t.guests().iter().map(|g| (g.pid, g.vm_fd)).collect();
+        assert_eq!(pids, vec![(10, Some(4)), (20, Some(7))]);
+        assert_eq!(t.activity().pid_rescans, 1);
+        assert_eq!(t.activity().full_discoveries, 1);
+    }
+}
