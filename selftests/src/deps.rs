@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "libcap-dev",
     // The test VM, and the qemu that runs as a real KVM client inside it.
     "qemu-system-x86",
+    // bench-refresh counts kvmtop's system calls (strace -c).
+    "strace",
     // kvmtop's tests/prometheus.rs: a real Prometheus scrapes `kvmtop serve`.
     "prometheus",
 ];

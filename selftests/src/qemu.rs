@@ -36,11 +36,17 @@ fn boot_allowance(config: Config) -> u64 {
     }
 }
 
-fn memory(config: Config) -> &'static str {
+/// The test VM's memory; `KVMREG_MEMORY` (QEMU's `-m` syntax, e.g. `8G`)
+/// overrides it for benchmarks that start a thousand VMMs.
+fn memory(config: Config) -> String {
+    if let Ok(m) = std::env::var("KVMREG_MEMORY") {
+        return m;
+    }
     match config {
         Config::Fast => "2G",
         Config::Debug => "3G",
     }
+    .to_string()
 }
 
 /// A fresh run directory: `runs/<config>-<tree>-<unix time>`, and `runs/latest`.
@@ -151,7 +157,7 @@ pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
         "-smp",
         "2",
         "-m",
-        memory(kernel.config),
+        &memory(kernel.config),
     ])
     .args(icount_args())
     .args([

@@ -253,7 +253,7 @@ pub struct Counters {
     pub notes: Vec<String>,
 }
 
-fn refused_note(refused: &[String]) -> Option<String> {
+pub(crate) fn refused_note(refused: &[String]) -> Option<String> {
     Some(format!(
         "debugfs refused {} stats with EPERM (kernel lockdown refuses writable debugfs files, which all cumulative stats are), e.g. {}",
         refused.len(),

@@ -101,6 +101,9 @@ pub struct Tracker {
     stat_files: HashMap<(u32, u32), (StatFile, u64)>,
     /// Refresh count, to close the `stat` files of guests no longer read.
     generation: u64,
+    /// debugfs counters the kernel refused (`EPERM`: lockdown refuses every
+    /// cumulative stat, and lockdown is never lifted): not asked again.
+    debugfs_refused: BTreeSet<String>,
     last_list: Instant,
     last_full: Instant,
     list_due: bool,
@@ -164,6 +167,7 @@ impl Tracker {
             vcpu_stats: HashMap::new(),
             stat_files: HashMap::new(),
             generation: 0,
+            debugfs_refused: BTreeSet::new(),
             last_list: now,
             last_full: now,
             list_due: false,
@@ -499,9 +503,14 @@ impl Tracker {
         let Some(g) = self.guests.get(index) else {
             return Err(StatsFdError::Unsupported("a guest at that index"));
         };
-        let (pid, id, nvcpus) = (g.pid, g.id, g.vcpus.len());
+        let (pid, id, nvcpus, vm_fd) = (g.pid, g.id, g.vcpus.len(), g.vm_fd);
         let (Some(id), Some(Source::ProcKvm)) = (id, g.provenance.id) else {
-            return discover::guest_counters_of(&self.cfg, g, names);
+            if let (Some(fd), Some(names)) = (vm_fd, names) {
+                if let Some(c) = self.debugfs_counters(pid, fd, names) {
+                    return Ok(c);
+                }
+            }
+            return discover::guest_counters_of(&self.cfg, &self.guests[index], names);
         };
         let wanted = |n: &str| names.is_none_or(|ns| ns.contains(&n));
         let mut c = Counters {
@@ -543,6 +552,47 @@ impl Tracker {
             }
         }
         Ok(c)
+    }
+
+    /// Named counters of the VM `<pid>-<fd>` from debugfs, on kernels
+    /// without the registry: one open and read of each file, without first
+    /// checking the directory, and none for a name the kernel refused
+    /// before. Debugfs stat files are not kept open: an open one holds a
+    /// reference to the VM (see [`crate::kept`]). `None` when the VM has no
+    /// debugfs directory (not mounted, or not this VM).
+    fn debugfs_counters(&mut self, pid: u32, fd: i32, names: &[&str]) -> Option<Counters> {
+        let dir = self.cfg.debugfs_root.join(format!("kvm/{pid}-{fd}"));
+        let mut c = Counters {
+            source: Source::Debugfs,
+            values: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            notes: Vec::new(),
+        };
+        let mut found = false;
+        let mut refused = Vec::new();
+        for &n in names {
+            if self.debugfs_refused.contains(n) {
+                refused.push(n.to_string());
+                found = true;
+                continue;
+            }
+            match debugfs::read_counter(&dir.join(n)) {
+                Ok(Some(v)) => {
+                    found = true;
+                    c.values.insert(n.to_string(), v);
+                    c.sources.insert(n.to_string(), Source::Debugfs);
+                }
+                Ok(None) => found = true,
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    found = true;
+                    self.debugfs_refused.insert(n.to_string());
+                    refused.push(n.to_string());
+                }
+                Err(_) => {}
+            }
+        }
+        c.notes.extend(discover::refused_note(&refused));
+        found.then_some(c)
     }
 
     /// Sum a registry VM's vCPU counters from its kept-open `vcpu_stats`
@@ -777,5 +827,30 @@ mod tests {
         assert_eq!(pids, vec![(10, Some(4)), (20, Some(7))]);
         assert_eq!(t.activity().pid_rescans, 1);
         assert_eq!(t.activity().full_discoveries, 1);
+    }
+
+    #[test]
+    fn stock_kernel_counters_come_from_the_vms_debugfs_files() {
+        let d = TempDir::new("track-debugfs");
+        d.symlink("10/fd/4", "anon_inode:kvm-vm");
+        d.write("10/status", "Name:\tqemu\nTgid:\t10\nUid:\t0\t0\t0\t0\n");
+        d.write("debugfs/kvm/10-4/exits", "42\n");
+        d.write("debugfs/kvm/10-4/halt_exits", "garbage\n");
+        let mut c = cfg(&d);
+        c.debugfs_root = d.path().join("debugfs");
+        let mut t = Tracker::without_events(c, Policy::WITH_EVENTS);
+        let got = t
+            .counters(0, Some(&["exits", "halt_exits", "missing"]))
+            .expect("counters");
+        assert_eq!(got.source, Source::Debugfs);
+        assert_eq!(got.values.get("exits"), Some(&42));
+        assert_eq!(
+            got.values.len(),
+            1,
+            "garbage and missing files give nothing"
+        );
+        d.write("debugfs/kvm/10-4/exits", "43\n");
+        let got = t.counters(0, Some(&["exits"])).expect("counters");
+        assert_eq!(got.values.get("exits"), Some(&43), "read again, not cached");
     }
 }

@@ -146,6 +146,18 @@ pub fn read_counters_of(dir: &Path, names: Option<&[&str]>) -> std::io::Result<C
     Ok(out)
 }
 
+/// One counter file: open, one read, close (three system calls; no `statx`
+/// for a size hint, as `fs::read_to_string` does). `Ok(None)` if it does
+/// not hold a number.
+pub fn read_counter(path: &Path) -> std::io::Result<Option<u64>> {
+    use std::io::Read;
+    let mut buf = [0u8; 32];
+    let n = fs::File::open(path)?.read(&mut buf)?;
+    Ok(std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|t| t.trim().parse().ok()))
+}
+
 /// Find a guest's VM directory under `<debugfs_root>/kvm`: `<pid>-<fd>`
 /// when the VM fd is known; without it, the only directory of the pid, and
 /// only if the process holds one VM (`vms_of_pid`). Otherwise an error in

@@ -1,0 +1,3 @@
+//! What kvmreg-fixture's benchmark binaries share.
+
+pub mod bench;
