@@ -31,6 +31,7 @@ use crate::procfs::{classify, Read, Skip};
 use crate::watch::{KvmEvent, KvmEventKind, UeventSocket};
 use crate::{Guest, GuestName, Source};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often the tracker checks what the events should have told it.
@@ -90,6 +91,9 @@ pub struct Tracker {
     socket_error: Option<String>,
     registry: bool,
     guests: Vec<Guest>,
+    /// The last [`Tracker::shared`] snapshot: a guest unchanged since keeps
+    /// its `Arc`, so a frame of unchanged guests copies no guest.
+    shared: Vec<Arc<Guest>>,
     backends: Vec<(Source, BackendState)>,
     notes: Vec<String>,
     /// Ids in the last `.list`: a guest that was there and is not any more
@@ -161,6 +165,7 @@ impl Tracker {
             socket,
             socket_error,
             guests: Vec::new(),
+            shared: Vec::new(),
             backends: Vec::new(),
             notes: Vec::new(),
             listed: HashSet::new(),
@@ -178,6 +183,24 @@ impl Tracker {
         };
         t.full();
         t
+    }
+
+    /// The guests as shared, immutable snapshots, for readings that outlive
+    /// the next refresh: an `Arc` per guest, reused while the guest does not
+    /// change (compared field by field, which allocates nothing).
+    pub fn shared(&mut self) -> Vec<Arc<Guest>> {
+        let mut old = std::mem::take(&mut self.shared).into_iter().peekable();
+        let mut out = Vec::with_capacity(self.guests.len());
+        for g in &self.guests {
+            // Both are sorted by key: skip the old entries before this one.
+            while old.next_if(|o| key(o) < key(g)).is_some() {}
+            match old.next_if(|o| **o == *g) {
+                Some(same) => out.push(same),
+                None => out.push(Arc::new(g.clone())),
+            }
+        }
+        self.shared.clone_from(&out);
+        out
     }
 
     /// The guests, sorted by owner pid, id and VM fd.

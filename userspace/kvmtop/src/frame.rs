@@ -14,6 +14,7 @@ use kvmreg::track::Tracker;
 use kvmreg::{Config, Guest, Source};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 /// What identifies one VM across two readings.
@@ -30,7 +31,8 @@ pub const FRAME_COUNTERS: &[&str] = &["exits", "halt_successful_poll", "halt_att
 /// One reading of everything.
 pub struct Reading {
     pub at: Instant,
-    pub guests: Vec<Guest>,
+    /// Shared with the tracker and the previous reading while unchanged.
+    pub guests: Vec<Arc<Guest>>,
     pub backends: Vec<(Source, BackendState)>,
     pub cpu: HashMap<u32, CpuSnapshot>,
     pub counters: HashMap<GuestKey, Result<Counters, String>>,
@@ -91,12 +93,12 @@ pub fn read(t: &mut Tracker) -> Reading {
         i += 1;
     }
     let mut cpu = HashMap::new();
-    let mut pids: Vec<u32> = t.guests().iter().map(|g| g.pid).collect();
-    pids.dedup();
-    for pid in pids {
-        let of_pid: Vec<&Guest> = t.guests().iter().filter(|g| g.pid == pid).collect();
+    let guests = t.shared();
+    for of_pid in guests.chunk_by(|a, b| a.pid == b.pid) {
+        let pid = of_pid[0].pid;
         // One VM: the process' own times (one file). Several: each VM's
-        // vCPU threads, which the rows sum separately.
+        // vCPU threads, which the rows sum separately. (The tracker keeps
+        // the guests sorted by pid: a pid's VMs are one run.)
         let tids: Option<Vec<u32>> = (of_pid.len() > 1).then(|| {
             of_pid
                 .iter()
@@ -109,7 +111,7 @@ pub fn read(t: &mut Tracker) -> Reading {
     }
     Reading {
         at: Instant::now(),
-        guests: t.guests().to_vec(),
+        guests,
         backends: t.backends().to_vec(),
         cpu,
         counters,
@@ -153,7 +155,7 @@ pub struct Row {
     /// Why the KVM counters could not be read.
     pub stats_error: Option<String>,
     #[serde(skip)]
-    pub guest: Guest,
+    pub guest: Arc<Guest>,
 }
 
 impl Row {
@@ -184,6 +186,18 @@ pub fn counter_rates(
         .collect()
 }
 
+/// The rate of one counter over an interval (no map built: a frame needs
+/// one rate per guest).
+pub fn counter_rate(
+    a: &BTreeMap<String, u64>,
+    b: &BTreeMap<String, u64>,
+    name: &str,
+    secs: f64,
+) -> Option<f64> {
+    (secs > 0.0).then_some(())?;
+    Some(b.get(name)?.saturating_sub(*a.get(name)?) as f64 / secs)
+}
+
 /// `halt_successful_poll / halt_attempted_poll` over the interval.
 pub fn halt_poll_ratio(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> Option<f64> {
     let d = |k: &str| Some(b.get(k)?.saturating_sub(*a.get(k)?));
@@ -202,11 +216,16 @@ fn pct(r: &CpuRates) -> (f64, f64, f64, f64) {
 }
 
 /// One guest's row between two readings. A guest missing from `prev`
-/// (new) or whose process vanished gets no CPU figures.
-pub fn row(prev: &Reading, cur: &Reading, g: &Guest) -> Row {
+/// (new) or whose process vanished gets no CPU figures. `shared`: its
+/// process runs other VMs too.
+pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
     let secs = cur.at.saturating_duration_since(prev.at).as_secs_f64();
-    let shared = cur.guests.iter().filter(|o| o.pid == g.pid).count() > 1;
-    let tids: Vec<u32> = g.vcpus.iter().filter_map(|v| v.tid).collect();
+    // The vCPU threads matter only when the process is shared.
+    let tids: Vec<u32> = if shared {
+        g.vcpus.iter().filter_map(|v| v.tid).collect()
+    } else {
+        Vec::new()
+    };
     let rates = match (prev.cpu.get(&g.pid), cur.cpu.get(&g.pid)) {
         (Some(a), Some(b)) if !(shared && tids.is_empty()) => Some(cpu::rates_between(
             a,
@@ -224,7 +243,6 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Guest) -> Row {
         (Some(Ok(a)), Some(Ok(b))) => Some((&a.values, &b.values)),
         _ => None,
     };
-    let rates_c = pair.map(|(a, b)| counter_rates(a, b, secs));
     Row {
         name: g.qualified_name(crate::guests::viewer()),
         name_verified: g.name.as_ref().is_some_and(|n| n.is_kernel()),
@@ -236,7 +254,7 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Guest) -> Row {
         host_system_pct: p.map(|p| p.2),
         host_user_pct: p.map(|p| p.3),
         cpu_scope: if shared { "vcpu-threads" } else { "process" },
-        exits_per_s: rates_c.as_ref().and_then(|r| r.get("exits").copied()),
+        exits_per_s: pair.and_then(|(a, b)| counter_rate(a, b, "exits", secs)),
         halt_poll_ratio: pair.and_then(|(a, b)| halt_poll_ratio(a, b)),
         memory_bytes: g.memory_bytes,
         stats_source: match counters {
@@ -254,7 +272,7 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Guest) -> Row {
             Some(Err(e)) => Some(e.clone()),
             None => Some("not read".into()),
         },
-        guest: g.clone(),
+        guest: Arc::clone(g),
     }
 }
 
@@ -309,9 +327,24 @@ pub fn backend_used(backends: &[(Source, BackendState)]) -> String {
     }
 }
 
+/// How many of `guests` each process owns: a process with several VMs
+/// has their CPU split by vCPU threads.
+pub fn vms_per_pid(guests: &[Arc<Guest>]) -> HashMap<u32, usize> {
+    let mut n: HashMap<u32, usize> = HashMap::with_capacity(guests.len());
+    for g in guests {
+        *n.entry(g.pid).or_default() += 1;
+    }
+    n
+}
+
 /// Build a frame from two readings.
 pub fn frame(prev: &Reading, cur: &Reading, sampling: SamplingSummary) -> Frame {
-    let guests: Vec<Row> = cur.guests.iter().map(|g| row(prev, cur, g)).collect();
+    let vms_of = vms_per_pid(&cur.guests);
+    let guests: Vec<Row> = cur
+        .guests
+        .iter()
+        .map(|g| row(prev, cur, g, vms_of.get(&g.pid).is_some_and(|&n| n > 1)))
+        .collect();
     Frame {
         time: SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -344,6 +377,9 @@ mod tests {
         assert_eq!(r.get("exits"), Some(&100.0));
         assert_eq!(r.get("new"), None);
         assert!(counter_rates(&a, &b, 0.0).is_empty());
+        assert_eq!(counter_rate(&a, &b, "exits", 2.0), r.get("exits").copied());
+        assert_eq!(counter_rate(&a, &b, "exits", 0.0), None);
+        assert_eq!(counter_rate(&a, &b, "missing", 2.0), None);
     }
 
     #[test]

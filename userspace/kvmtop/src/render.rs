@@ -119,21 +119,45 @@ pub fn columns() -> String {
 }
 
 pub fn row(r: &Row) -> String {
-    format!(
-        "{:<20} {:>6} {:>8} {:>5} {:>6} {:>6} {:>6} {:>6} {:>9} {:>5} {:>7}",
-        fit(&r.label(), 20),
-        r.id.map_or("-".into(), |i| i.to_string()),
-        r.pid,
-        r.vcpus,
-        num(r.cpu_pct),
-        num(r.guest_pct),
-        num(r.host_system_pct),
-        num(r.host_user_pct),
-        num(r.exits_per_s),
-        r.halt_poll_ratio
-            .map_or("-".into(), |v| format!("{:.2}", v)),
-        bytes(r.memory_bytes),
-    )
+    let mut s = String::with_capacity(100);
+    row_into(&mut s, r);
+    s
+}
+
+/// [`row`], appended to `out`: cell by cell into one buffer, with one
+/// allocation (the label) instead of one per cell, since a frame of a
+/// thousand guests formats a thousand rows every interval.
+pub fn row_into(out: &mut String, r: &Row) {
+    use std::fmt::Write;
+    let label = r.label();
+    if label.chars().count() <= 20 {
+        let _ = write!(out, "{label:<20}");
+    } else {
+        out.extend(label.chars().take(19));
+        out.push('+');
+    }
+    let _ = match r.id {
+        Some(i) => write!(out, " {i:>6}"),
+        None => write!(out, " {:>6}", "-"),
+    };
+    let _ = write!(out, " {:>8} {:>5}", r.pid, r.vcpus);
+    for (v, w) in [
+        (r.cpu_pct, 6),
+        (r.guest_pct, 6),
+        (r.host_system_pct, 6),
+        (r.host_user_pct, 6),
+        (r.exits_per_s, 9),
+    ] {
+        let _ = match v {
+            Some(v) => write!(out, " {v:>w$.1}"),
+            None => write!(out, " {:>w$}", "-"),
+        };
+    }
+    let _ = match r.halt_poll_ratio {
+        Some(v) => write!(out, " {v:>5.2}"),
+        None => write!(out, " {:>5}", "-"),
+    };
+    let _ = write!(out, " {:>7}", bytes(r.memory_bytes));
 }
 
 /// A whole frame as text, as `kvmtop -b` prints it.
@@ -142,8 +166,9 @@ pub fn frame_text(f: &Frame) -> String {
     out.push_str("\n\n");
     out.push_str(&columns());
     out.push('\n');
+    out.reserve(f.guests.len() * 100);
     for r in &f.guests {
-        out.push_str(&row(r));
+        row_into(&mut out, r);
         out.push('\n');
     }
     if f.guests
@@ -199,7 +224,7 @@ mod tests {
             halt_poll_source: None,
             stats_notes: Vec::new(),
             stats_error: None,
-            guest: g,
+            guest: g.into(),
         };
         let line = row(&r);
         assert_eq!(line.len(), columns().len(), "{line}\n{}", columns());

@@ -11,6 +11,7 @@ use crate::frame::SamplingSummary;
 use kvmreg::perf::record::CpuMode;
 use kvmreg::perf::{Sampler, SamplerConfig};
 use kvmreg::Guest;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Why the header has no guest-kernel/guest-user split by default.
@@ -74,7 +75,7 @@ impl HeaderSampler {
     }
 
     /// Follow the current guest list: re-open on a change of vCPU threads.
-    pub fn follow(&mut self, guests: &[Guest]) {
+    pub fn follow(&mut self, guests: &[Arc<Guest>]) {
         if !self.enabled {
             return;
         }
@@ -89,7 +90,8 @@ impl HeaderSampler {
         self.tids = tids;
         self.sampler = None;
         self.since = Instant::now();
-        match Sampler::new(guests, SamplerConfig::default()) {
+        let guests: Vec<Guest> = guests.iter().map(|g| Guest::clone(g)).collect();
+        match Sampler::new(&guests, SamplerConfig::default()) {
             Ok(s) => {
                 self.sampler = Some(s);
                 self.reason = None;
@@ -175,7 +177,7 @@ mod tests {
             fd: None,
         });
         let mut h = HeaderSampler::with(false);
-        h.follow(&[g]);
+        h.follow(&[g.into()]);
         assert!(h.sampler.is_none());
         assert_eq!(
             h.take(),

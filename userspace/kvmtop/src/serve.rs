@@ -112,9 +112,10 @@ pub fn exposition(r: &Reading, openmetrics: bool) -> String {
         "counter",
         "CPU time of the guest's VMM threads by mode: guest, host_system, host_user.",
     );
+    let vms_of = crate::frame::vms_per_pid(&r.guests);
     for g in &r.guests {
         let Some(s) = r.cpu.get(&g.pid) else { continue };
-        let shared = r.guests.iter().filter(|x| x.pid == g.pid).count() > 1;
+        let shared = vms_of.get(&g.pid).is_some_and(|&n| n > 1);
         let tids: Vec<u32> = g.vcpus.iter().filter_map(|v| v.tid).collect();
         if shared && tids.is_empty() {
             continue;
@@ -259,7 +260,7 @@ mod tests {
         g.memory_bytes = Some(1 << 20);
         let r = Reading {
             at: Instant::now(),
-            guests: vec![g],
+            guests: vec![g.into()],
             backends: vec![],
             cpu: HashMap::new(),
             counters: HashMap::new(),

@@ -218,7 +218,7 @@ impl App {
                         frame: None,
                         error: None,
                     });
-                    return Action::OpenProfile(Box::new(g));
+                    return Action::OpenProfile(Box::new(Guest::clone(&g)));
                 }
             }
             _ => {}
@@ -454,7 +454,7 @@ mod tests {
             halt_poll_source: None,
             stats_notes: Vec::new(),
             stats_error: None,
-            guest: g,
+            guest: g.into(),
         }
     }
 

@@ -2,17 +2,15 @@
 //! (Documentation/benchmarks.md): what any tool that shows every guest's
 //! exits and CPU split each second must at least do on a registry kernel.
 //! It finds the guests once, keeps each one's `vcpu_stats` and its
-//! process' `stat` open, and each round `pread`s both, parses nothing and
-//! prints nothing. Run beside `kvmtop -b` in the same boot, its CPU time
-//! is the figure kvmtop's is compared with.
-//!
-//! With `--exits`, it instead prints the sum of every guest's `exits`
-//! (one line, the registry's `vcpu_stats`), so that a script can measure
-//! the exits another tool adds to idle guests.
+//! process' `stat` open (and `/proc/stat`, for the host's split), and each
+//! round `pread`s them, parses nothing and prints one short line.
+//! `kvmreg-refresh-bench` runs it beside `kvmtop -b` in the same boot: its
+//! CPU per round is the figure kvmtop's is compared with.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use kvmreg::kept::{KeptFile, VcpuStatsFile};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
@@ -23,9 +21,6 @@ struct Args {
     /// Seconds between rounds, like `kvmtop -d`.
     #[arg(short = 'd', long, default_value_t = 1.0)]
     delay: f64,
-    /// Print the sum of all guests' exits and stop.
-    #[arg(long)]
-    exits: bool,
 }
 
 fn main() -> Result<()> {
@@ -47,24 +42,22 @@ fn main() -> Result<()> {
             KeptFile::open(&st, 1024).with_context(|| st.display().to_string())?,
         ));
     }
-    if args.exits {
-        let mut total = 0u64;
-        for (vs, _) in &mut files {
-            let path = vs.path().display().to_string();
-            let sums = vs.read().context(path)?;
-            total += sums.get("exits").context("no exits counter")?;
-        }
-        println!("{total}");
-        return Ok(());
-    }
     let delay = Duration::from_secs_f64(args.delay.max(0.0));
     let mut next = Instant::now();
-    for _ in 0..args.rounds {
+    // The host's CPU split, as kvmtop's header shows it.
+    let mut host = KeptFile::open(&proc.join("stat"), 4096).context("/proc/stat")?;
+    let mut out = std::io::stdout().lock();
+    for round in 0..args.rounds {
         for (vs, st) in &mut files {
             // The reads alone: a raw pread of each file, no parsing.
             vs.read_raw()?;
             st.read()?;
         }
+        host.read()?;
+        // One short line a round, as kvmtop prints a frame: the benchmark
+        // times the rounds by these lines.
+        writeln!(out, "round {round}")?;
+        out.flush()?;
         next += delay;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
