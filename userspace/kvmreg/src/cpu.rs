@@ -48,21 +48,24 @@ pub fn parse_stat(line: &str) -> Result<ThreadTimes, StatError> {
         .parse()
         .map_err(|_| StatError("bad pid"))?;
     let comm = line[open + 1..close].to_string();
-    // Fields after the comm start at field 3 (state).
-    let rest: Vec<&str> = line[close + 1..].split_whitespace().collect();
-    let field = |n: usize| -> Result<u64, StatError> {
-        rest.get(n - 3)
-            .ok_or(StatError("too few fields"))?
+    // Fields after the comm start at field 3 (state); walked once, without
+    // collecting them (a refresh parses one such line per guest).
+    let mut rest = line[close + 1..].split_ascii_whitespace();
+    let num = |f: Option<&str>| -> Result<u64, StatError> {
+        f.ok_or(StatError("too few fields"))?
             .parse()
             .map_err(|_| StatError("non-numeric field"))
     };
+    // Field 14 is the 12th after field 3; field 43 the 28th after 15.
+    let utime = num(rest.nth(14 - 3))?;
+    let stime = num(rest.next())?;
     Ok(ThreadTimes {
         tid,
         comm,
-        utime: field(14)?,
-        stime: field(15)?,
+        utime,
+        stime,
         // guest_time exists since Linux 2.6.24; be lenient with older lines.
-        guest_time: field(43).unwrap_or(0),
+        guest_time: num(rest.nth(43 - 16)).unwrap_or(0),
     })
 }
 

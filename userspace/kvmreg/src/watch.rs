@@ -115,24 +115,28 @@ impl UeventSocket {
     /// them. An overrun (`ENOBUFS`) is reported as `Ok(None)`: events were
     /// lost and the caller should rescan.
     pub fn wait(&self, timeout: Duration) -> io::Result<Option<Vec<KvmEvent>>> {
-        let mut pfd = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return if e.raw_os_error() == Some(libc::EINTR) {
-                Ok(Some(Vec::new()))
-            } else {
-                Err(e)
+        // The socket is non-blocking: with no time to wait, the `recv`
+        // below answers alone (one system call per refresh, not two).
+        if !timeout.is_zero() {
+            let mut pfd = libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
             };
+            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                return if e.raw_os_error() == Some(libc::EINTR) {
+                    Ok(Some(Vec::new()))
+                } else {
+                    Err(e)
+                };
+            }
         }
         let mut out = Vec::new();
-        let mut buf = vec![0u8; 8192];
+        let mut buf = [0u8; 8192];
         loop {
             // SAFETY: buf is writable for its length.
             let n =

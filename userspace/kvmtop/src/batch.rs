@@ -6,6 +6,7 @@ use crate::out::emit;
 use crate::render;
 use crate::sampling::HeaderSampler;
 use kvmreg::Config;
+use std::time::Instant;
 
 pub fn run(cfg: &Config, args: &BatchArgs, sample: bool) -> anyhow::Result<()> {
     let delay = args.delay()?;
@@ -14,8 +15,17 @@ pub fn run(cfg: &Config, args: &BatchArgs, sample: bool) -> anyhow::Result<()> {
     let mut reader = frame::Reader::new(cfg);
     let mut prev = reader.read();
     sampler.follow(&prev.guests);
+    // Frames on a fixed beat (`-d` apart, not `-d` plus the frame's own
+    // work); a frame that overran starts the next beat from now.
+    let mut next = Instant::now();
     for _ in 0..n {
-        std::thread::sleep(delay);
+        next += delay;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
         let cur = reader.read();
         let f = frame::frame(&prev, &cur, sampler.take());
         let text = if args.json {
