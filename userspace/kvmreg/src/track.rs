@@ -105,6 +105,12 @@ pub struct Tracker {
     stat_files: HashMap<(u32, u32), (StatFile, u64)>,
     /// Refresh count, to close the `stat` files of guests no longer read.
     generation: u64,
+    /// Files kept open now (`stat` and `vcpu_stats`), and how many may be:
+    /// the fd limit less a reserve for everything else. Beyond it a file is
+    /// opened, read and closed each time instead, so that a host with more
+    /// guests than the limit allows is watched more slowly, not partly.
+    kept: usize,
+    kept_budget: usize,
     /// debugfs counters the kernel refused (`EPERM`: lockdown refuses every
     /// cumulative stat, and lockdown is never lifted): not asked again.
     debugfs_refused: BTreeSet<String>,
@@ -172,6 +178,8 @@ impl Tracker {
             vcpu_stats: HashMap::new(),
             stat_files: HashMap::new(),
             generation: 0,
+            kept: 0,
+            kept_budget: kept_budget(),
             debugfs_refused: BTreeSet::new(),
             last_list: now,
             last_full: now,
@@ -241,6 +249,12 @@ impl Tracker {
     /// `recv` on the uevent socket.
     pub fn refresh(&mut self) {
         self.generation += 1;
+        self.kept = self.stat_files.len()
+            + self
+                .vcpu_stats
+                .values()
+                .filter(|v| matches!(v, VcpuStats::Open(_)))
+                .count();
         let drained = match &self.socket {
             Some(s) => s.wait(Duration::ZERO),
             None => Ok(Some(Vec::new())),
@@ -488,6 +502,7 @@ impl Tracker {
 
     fn times(&mut self, pid: u32, tid: u32) -> std::io::Result<ThreadTimes> {
         let gen = self.generation;
+        let room = self.kept < self.kept_budget;
         let file = match self.stat_files.entry((pid, tid)) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -496,7 +511,14 @@ impl Tracker {
                 } else {
                     format!("{pid}/task/{tid}/stat")
                 };
-                v.insert((StatFile::open(&self.cfg.proc_root.join(rel))?, gen))
+                let f = StatFile::open(&self.cfg.proc_root.join(rel))?;
+                if !room {
+                    // Over the budget: read now, keep nothing open.
+                    let mut f = f;
+                    return f.times();
+                }
+                self.kept += 1;
+                v.insert((f, gen))
             }
         };
         file.1 = gen;
@@ -628,10 +650,17 @@ impl Tracker {
         wanted: &dyn Fn(&str) -> bool,
     ) -> VcpuRead {
         let proc = &self.cfg.proc_root;
+        let room = self.kept < self.kept_budget;
         let state = self.vcpu_stats.entry(id).or_insert(VcpuStats::Unopened);
+        // Over the budget, a file read this time only.
+        let mut once = None;
         if matches!(state, VcpuStats::Unopened) {
             match VcpuStatsFile::open(&proc.join(format!("{pid}/kvm/{id}/vcpu_stats"))) {
-                Ok(f) => *state = VcpuStats::Open(f),
+                Ok(f) if room => {
+                    self.kept += 1;
+                    *state = VcpuStats::Open(f);
+                }
+                Ok(f) => once = Some(f),
                 // No file, or no VM: the VM's own directory tells which.
                 Err(e) if classify(&e) == Some(Skip::Gone) => {
                     if !proc.join(format!("{pid}/kvm/{id}")).is_dir() {
@@ -642,8 +671,10 @@ impl Tracker {
                 Err(e) => return VcpuRead::Failed(format!("vcpu_stats of VM {id}: {e}")),
             }
         }
-        let VcpuStats::Open(f) = state else {
-            return VcpuRead::Absent;
+        let f = match (&mut once, state) {
+            (Some(f), _) => f,
+            (None, VcpuStats::Open(f)) => f,
+            (None, _) => return VcpuRead::Absent,
         };
         let failed = match f.read() {
             Ok(s) => {
@@ -659,9 +690,25 @@ impl Tracker {
             Err(e) => format!("{}: {e}", f.path().display()),
         };
         // Opened again next time: a malformed read is not cached.
-        *state = VcpuStats::Unopened;
+        self.vcpu_stats.insert(id, VcpuStats::Unopened);
         VcpuRead::Failed(failed)
     }
+}
+
+/// How many files a tracker may keep open: the soft `RLIMIT_NOFILE` less a
+/// quarter (at least 64) for everything else the process opens.
+fn kept_budget() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid out-pointer for getrlimit.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    soft.saturating_sub((soft / 4).max(64))
 }
 
 /// What [`Tracker::read_vcpu_stats`] found.
@@ -875,5 +922,27 @@ mod tests {
         d.write("debugfs/kvm/10-4/exits", "43\n");
         let got = t.counters(0, Some(&["exits"])).expect("counters");
         assert_eq!(got.values.get("exits"), Some(&43), "read again, not cached");
+    }
+
+    #[test]
+    fn past_the_fd_budget_files_are_read_without_being_kept() {
+        let d = TempDir::new("track-budget");
+        let web = vm(&d, 100, 1, "web", 10);
+        let db = vm(&d, 200, 2, "db", 20);
+        d.write("kvm/.list", format!("{web}{db}"));
+        let mut t = Tracker::without_events(cfg(&d), Policy::WITH_EVENTS);
+        t.kept_budget = 1;
+        for _ in 0..3 {
+            t.refresh();
+            let exits: Vec<u64> = (0..2)
+                .map(|i| t.counters(i, Some(&["exits"])).unwrap().values["exits"])
+                .collect();
+            assert_eq!(exits, [10, 20]);
+            for pid in [100, 200] {
+                let cpu = t.cpu(pid, None).ok().unwrap();
+                assert_eq!(cpu.threads[&pid].guest_time, 5);
+            }
+            assert_eq!(t.kept, 1, "one file kept, the others read and closed");
+        }
     }
 }

@@ -77,6 +77,8 @@ fn run(c: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Two kept-open files per guest: see kvmreg::kept.
+    kvmreg::kept::raise_fd_limit();
     let c = Cli::parse();
     match run(c) {
         Ok(()) => ExitCode::SUCCESS,

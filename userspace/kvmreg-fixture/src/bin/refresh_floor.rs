@@ -25,6 +25,8 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Two files per guest, as kvmtop keeps (which raises its limit too).
+    kvmreg::kept::raise_fd_limit();
     let cfg = kvmreg::Config::default();
     let Some(d) = kvmreg::discover::list_registry(&cfg) else {
         bail!("no /proc/kvm/.list: this floor is a registry kernel's");
