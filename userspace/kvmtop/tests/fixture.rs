@@ -301,8 +301,10 @@ fn guests_created_renamed_and_destroyed_between_frames_are_right_in_the_next_fra
         "{first:#}"
     );
     let new = Fixture::start(&["evnew"], 20);
+    // Unique like the fixture's own names (it adds the test's pid).
+    let new_name = format!("evrenamed-{}", std::process::id());
     if r.named {
-        let o = run(&["name", &r.pid.to_string(), "evrenamed"]);
+        let o = run(&["name", &r.pid.to_string(), &new_name]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     gone.child.kill().expect("kill");
@@ -320,8 +322,8 @@ fn guests_created_renamed_and_destroyed_between_frames_are_right_in_the_next_fra
     );
     let r_row = row(&f, r.pid).unwrap_or_else(|| panic!("renamed guest missing: {f:#}"));
     if r.named {
-        assert_eq!(r_row["name"], "evrenamed", "{r_row:#}");
-        assert_eq!(row(&f, n.pid).expect("new")["name"], "evnew");
+        assert_eq!(r_row["name"], new_name.as_str(), "{r_row:#}");
+        assert_eq!(row(&f, n.pid).expect("new")["name"], n.name.as_str());
     } else {
         eprintln!("NOT CHECKED: kernel without the VM registry: no rename");
     }
