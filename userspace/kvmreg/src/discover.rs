@@ -253,7 +253,22 @@ pub struct Counters {
     pub notes: Vec<String>,
 }
 
-pub(crate) fn refused_note(refused: &[String]) -> Option<String> {
+/// A VM directory's debugfs counters as [`Counters`], the refused ones
+/// said in a note.
+pub(crate) fn from_debugfs(c: debugfs::Counters) -> Counters {
+    Counters {
+        source: Source::Debugfs,
+        sources: c
+            .values
+            .keys()
+            .map(|k| (k.clone(), Source::Debugfs))
+            .collect(),
+        values: c.values,
+        notes: refused_note(&c.refused).into_iter().collect(),
+    }
+}
+
+fn refused_note(refused: &[String]) -> Option<String> {
     Some(format!(
         "debugfs refused {} stats with EPERM (kernel lockdown refuses writable debugfs files, which all cumulative stats are), e.g. {}",
         refused.len(),
@@ -303,16 +318,7 @@ pub fn guest_counters_of(
     }
     if let Some(dir) = debugfs::vm_dir(&cfg.debugfs_root, g) {
         if let Ok(c) = debugfs::read_counters_of(&dir, names) {
-            return Ok(Counters {
-                source: Source::Debugfs,
-                sources: c
-                    .values
-                    .keys()
-                    .map(|k| (k.clone(), Source::Debugfs))
-                    .collect(),
-                values: c.values,
-                notes: refused_note(&c.refused).into_iter().collect(),
-            });
+            return Ok(from_debugfs(c));
         }
     }
     guest_stats(cfg, g).map(from_stats)

@@ -139,7 +139,15 @@ pub struct Guest {
     pub notes: Vec<String>,
 }
 
+/// What tells one VM from another across readings: owner pid, registry
+/// id, VM fd.
+pub type GuestKey = (u32, Option<u64>, Option<i32>);
+
 impl Guest {
+    pub fn key(&self) -> GuestKey {
+        (self.pid, self.id, self.vm_fd)
+    }
+
     /// A guest known only by its owner pid.
     pub fn new(pid: u32) -> Self {
         Guest {

@@ -76,13 +76,6 @@ enum VcpuStats {
     Absent,
 }
 
-/// Which guest: its id on a registry kernel, else owner pid and VM fd.
-type Key = (u32, Option<u64>, Option<i32>);
-
-fn key(g: &Guest) -> Key {
-    (g.pid, g.id, g.vm_fd)
-}
-
 /// A guest set kept between refreshes. See the module documentation.
 pub struct Tracker {
     cfg: Config,
@@ -201,7 +194,7 @@ impl Tracker {
         let mut out = Vec::with_capacity(self.guests.len());
         for g in &self.guests {
             // Both are sorted by key: skip the old entries before this one.
-            while old.next_if(|o| key(o) < key(g)).is_some() {}
+            while old.next_if(|o| o.key() < g.key()).is_some() {}
             match old.next_if(|o| **o == *g) {
                 Some(same) => out.push(same),
                 None => out.push(Arc::new(g.clone())),
@@ -438,7 +431,7 @@ impl Tracker {
     }
 
     fn sort(&mut self) {
-        self.guests.sort_by_key(key);
+        self.guests.sort_by_key(Guest::key);
     }
 
     /// Drop a VM (destroyed).
@@ -607,37 +600,18 @@ impl Tracker {
     /// debugfs directory (not mounted, or not this VM).
     fn debugfs_counters(&mut self, pid: u32, fd: i32, names: &[&str]) -> Option<Counters> {
         let dir = self.cfg.debugfs_root.join(format!("kvm/{pid}-{fd}"));
-        let mut c = Counters {
-            source: Source::Debugfs,
-            values: BTreeMap::new(),
-            sources: BTreeMap::new(),
-            notes: Vec::new(),
+        let (refused, ask): (Vec<&str>, Vec<&str>) = names
+            .iter()
+            .partition(|n| self.debugfs_refused.contains(**n));
+        let mut got = match debugfs::read_named(&dir, &ask) {
+            Some(got) => got,
+            None if refused.is_empty() => return None,
+            None => debugfs::Counters::default(),
         };
-        let mut found = false;
-        let mut refused = Vec::new();
-        for &n in names {
-            if self.debugfs_refused.contains(n) {
-                refused.push(n.to_string());
-                found = true;
-                continue;
-            }
-            match debugfs::read_counter(&dir.join(n)) {
-                Ok(Some(v)) => {
-                    found = true;
-                    c.values.insert(n.to_string(), v);
-                    c.sources.insert(n.to_string(), Source::Debugfs);
-                }
-                Ok(None) => found = true,
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                    found = true;
-                    self.debugfs_refused.insert(n.to_string());
-                    refused.push(n.to_string());
-                }
-                Err(_) => {}
-            }
-        }
-        c.notes.extend(discover::refused_note(&refused));
-        found.then_some(c)
+        self.debugfs_refused.extend(got.refused.iter().cloned());
+        got.refused.extend(refused.iter().map(|n| n.to_string()));
+        got.refused.sort();
+        Some(discover::from_debugfs(got))
     }
 
     /// Sum a registry VM's vCPU counters from its kept-open `vcpu_stats`

@@ -9,6 +9,7 @@ use kvmreg::backend::stats_fd::StatsFdError;
 use kvmreg::cpu::{self, CpuRates, CpuSnapshot};
 use kvmreg::discover::{BackendState, Counters};
 use kvmreg::kept::KeptFile;
+use kvmreg::model::GuestKey;
 use kvmreg::procfs::Read;
 use kvmreg::track::Tracker;
 use kvmreg::{Config, Guest, Source};
@@ -16,13 +17,6 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
-
-/// What identifies one VM across two readings.
-pub type GuestKey = (u32, Option<u64>, Option<i32>);
-
-pub fn key(g: &Guest) -> GuestKey {
-    (g.pid, g.id, g.vm_fd)
-}
 
 /// The KVM counters a frame shows (exits/s, the halt-poll ratio): a
 /// refresh reads only these, not every stat of every guest.
@@ -79,13 +73,15 @@ pub fn read(t: &mut Tracker) -> Reading {
     let mut i = 0;
     while i < t.guests().len() {
         let g = &t.guests()[i];
-        let k = key(g);
+        let k = g.key();
         let c = if g.details_hidden {
             Err("hidden: no ptrace rights over the VMM".to_string())
         } else {
             match t.counters(i, Some(FRAME_COUNTERS)) {
                 // Gone: the tracker dropped it; the same index is the next.
-                Err(StatsFdError::Gone(_)) if t.guests().get(i).map(key) != Some(k) => continue,
+                Err(StatsFdError::Gone(_)) if t.guests().get(i).map(Guest::key) != Some(k) => {
+                    continue
+                }
                 r => r.map_err(|e| e.to_string()),
             }
         };
@@ -237,7 +233,7 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         _ => None,
     };
     let p = rates.as_ref().map(pct);
-    let k = key(g);
+    let k = g.key();
     let counters = cur.counters.get(&k);
     let pair = match (prev.counters.get(&k), counters) {
         (Some(Ok(a)), Some(Ok(b))) => Some((&a.values, &b.values)),

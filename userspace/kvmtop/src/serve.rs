@@ -141,7 +141,7 @@ pub fn exposition(r: &Reading, openmetrics: bool) -> String {
         "VM exits, where KVM's stats are readable.",
     );
     for g in &r.guests {
-        if let Some(Ok(c)) = r.counters.get(&frame::key(g)) {
+        if let Some(Ok(c)) = r.counters.get(&g.key()) {
             if let Some(v) = c.values.get("exits") {
                 let _ = writeln!(o, "kvmtop_guest_exits_total{{{}}} {v}", labels(g));
             }
@@ -154,7 +154,7 @@ pub fn exposition(r: &Reading, openmetrics: bool) -> String {
         "1 if KVM's stats of the guest could be read.",
     );
     for g in &r.guests {
-        let ok = matches!(r.counters.get(&frame::key(g)), Some(Ok(_)));
+        let ok = matches!(r.counters.get(&g.key()), Some(Ok(_)));
         let _ = writeln!(
             o,
             "kvmtop_guest_stats_readable{{{}}} {}",

@@ -114,36 +114,56 @@ pub fn read_counters(dir: &Path) -> std::io::Result<Counters> {
 /// (one file each, no directory walk: a view of many guests that shows
 /// two counters should not read sixty files a guest).
 pub fn read_counters_of(dir: &Path, names: Option<&[&str]>) -> std::io::Result<Counters> {
-    let mut out = Counters::default();
-    let mut read_one = |name: String, path: PathBuf| match fs::read_to_string(path) {
-        Ok(text) => {
-            if let Ok(v) = text.trim().parse::<u64>() {
-                out.values.insert(name, v);
-            }
-        }
-        Err(err) if err.raw_os_error() == Some(libc::EPERM) => out.refused.push(name),
-        Err(_) => {}
-    };
-    match names {
+    let mut out = match names {
         Some(names) => {
             if !dir.is_dir() {
                 return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
             }
-            for n in names {
-                read_one(n.to_string(), dir.join(n));
-            }
+            read_named(dir, names).unwrap_or_default()
         }
         None => {
+            let mut out = Counters::default();
             for e in fs::read_dir(dir)?.flatten() {
                 if !e.file_type().is_ok_and(|t| t.is_file()) {
                     continue;
                 }
-                read_one(e.file_name().to_string_lossy().into_owned(), e.path());
+                read_into(&mut out, &e.file_name().to_string_lossy(), &e.path());
             }
+            out
         }
-    }
+    };
     out.refused.sort();
     Ok(out)
+}
+
+/// The counters `names` of the VM directory `dir`, one file each, without
+/// a look at the directory first; `None` when not one of the files is
+/// there (no such directory).
+pub fn read_named(dir: &Path, names: &[&str]) -> Option<Counters> {
+    let mut out = Counters::default();
+    let mut any = false;
+    for n in names {
+        any |= read_into(&mut out, n, &dir.join(n));
+    }
+    any.then_some(out)
+}
+
+/// One counter file into `out`: its value, or its name among the refused
+/// (`EPERM`); a file that does not hold a number is left out. False when
+/// the file could not be opened for another reason (not there).
+fn read_into(out: &mut Counters, name: &str, path: &Path) -> bool {
+    match read_counter(path) {
+        Ok(Some(v)) => {
+            out.values.insert(name.to_string(), v);
+            true
+        }
+        Ok(None) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            out.refused.push(name.to_string());
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// One counter file: open, one read, close (three system calls; no `statx`
