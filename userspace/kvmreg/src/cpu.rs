@@ -48,9 +48,50 @@ pub fn parse_stat(line: &str) -> Result<ThreadTimes, StatError> {
         .parse()
         .map_err(|_| StatError("bad pid"))?;
     let comm = line[open + 1..close].to_string();
-    // Fields after the comm start at field 3 (state); walked once, without
-    // collecting them (a refresh parses one such line per guest).
-    let mut rest = line[close + 1..].split_ascii_whitespace();
+    let rest = &line[close + 1..];
+    let (utime, stime, guest_time) = match times_single_spaced(rest.as_bytes()) {
+        Some(t) => t,
+        None => times_any_spacing(rest)?,
+    };
+    Ok(ThreadTimes {
+        tid,
+        comm,
+        utime,
+        stime,
+        guest_time,
+    })
+}
+
+/// utime, stime and guest_time (fields 14, 15 and 43) from the fields after
+/// the comm as the kernel writes them, one space before each, walked as
+/// bytes: a refresh parses one such line per guest. `None` for anything
+/// else (then [`times_any_spacing`] decides).
+fn times_single_spaced(rest: &[u8]) -> Option<(u64, u64, u64)> {
+    fn num(b: &[u8]) -> Option<u64> {
+        if b.is_empty() {
+            return None;
+        }
+        b.iter().try_fold(0u64, |n, &c| {
+            c.is_ascii_digit()
+                .then(|| n.checked_mul(10)?.checked_add(u64::from(c - b'0')))?
+        })
+    }
+    let rest = rest.strip_suffix(b"\n").unwrap_or(rest);
+    // Field 3 (state) starts after the first space.
+    let mut fields = rest.strip_prefix(b" ")?.split(|&c| c == b' ');
+    let utime = num(fields.nth(14 - 3)?)?;
+    let stime = num(fields.next()?)?;
+    // guest_time exists since Linux 2.6.24; be lenient with older lines.
+    let guest_time = match fields.nth(43 - 16) {
+        Some(f) => num(f)?,
+        None => 0,
+    };
+    Some((utime, stime, guest_time))
+}
+
+/// [`times_single_spaced`] for fields separated by any white space.
+fn times_any_spacing(rest: &str) -> Result<(u64, u64, u64), StatError> {
+    let mut rest = rest.split_ascii_whitespace();
     let num = |f: Option<&str>| -> Result<u64, StatError> {
         f.ok_or(StatError("too few fields"))?
             .parse()
@@ -59,14 +100,7 @@ pub fn parse_stat(line: &str) -> Result<ThreadTimes, StatError> {
     // Field 14 is the 12th after field 3; field 43 the 28th after 15.
     let utime = num(rest.nth(14 - 3))?;
     let stime = num(rest.next())?;
-    Ok(ThreadTimes {
-        tid,
-        comm,
-        utime,
-        stime,
-        // guest_time exists since Linux 2.6.24; be lenient with older lines.
-        guest_time: num(rest.nth(43 - 16)).unwrap_or(0),
-    })
+    Ok((utime, stime, num(rest.nth(43 - 16)).unwrap_or(0)))
 }
 
 /// The times of every thread of a process at one instant.
@@ -206,6 +240,19 @@ mod tests {
         assert_eq!(t.comm, "CPU 0/KVM) (x");
         assert_eq!((t.utime, t.stime, t.guest_time), (500, 20, 450));
         assert_eq!(t.host_user(), 50);
+        // The kernel's single spaces take the memchr path; other spacing,
+        // and a line of an old kernel without guest_time, the general one.
+        let l = line(7, "x", 500, 20, 450);
+        assert!(times_single_spaced(&l.as_bytes()[l.find(')').unwrap() + 1..]).is_some());
+        let t = parse_stat(&l.replace(' ', "  ")).unwrap();
+        assert_eq!((t.utime, t.stime, t.guest_time), (500, 20, 450));
+        let old: String = l.split(' ').take(42).collect::<Vec<_>>().join(" ");
+        let t = parse_stat(&old).unwrap();
+        assert_eq!((t.utime, t.stime, t.guest_time), (500, 20, 0));
+        assert_eq!(
+            parse_stat(&l.replace(" 500 ", " 5x0 ")).map(|_| ()),
+            Err(StatError("non-numeric field"))
+        );
     }
 
     #[test]

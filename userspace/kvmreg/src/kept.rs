@@ -48,8 +48,14 @@ impl KeptFile {
     /// file, more only when it has grown past the buffer (which then
     /// doubles, so the next read is one call again).
     pub fn read(&mut self) -> io::Result<&[u8]> {
+        self.read_from(0)
+    }
+
+    /// The file from `offset` to its end, as [`read`](Self::read) reads it
+    /// from the start.
+    pub fn read_from(&mut self, offset: u64) -> io::Result<&[u8]> {
         loop {
-            let n = self.read_from(0)?;
+            let n = self.pread(offset)?;
             if n < self.buf.len() {
                 self.len = n;
                 return Ok(&self.buf[..n]);
@@ -66,7 +72,7 @@ impl KeptFile {
     }
 
     /// Fill the buffer from `offset`, retrying on `EINTR`.
-    fn read_from(&mut self, offset: u64) -> io::Result<usize> {
+    fn pread(&mut self, offset: u64) -> io::Result<usize> {
         loop {
             match self.file.read_at(&mut self.buf, offset) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -138,13 +144,21 @@ pub enum VcpuStatsError {
 }
 
 /// A registry `vcpu_stats` file kept open, its header and descriptors
-/// parsed once: each refresh is one `pread` and a sum over the blocks. The
-/// layout is parsed again only when the bytes before the data change (they
-/// do not while the VM lives; checking costs a compare, not a parse).
+/// read and parsed once: after the first read each refresh is one `pread`
+/// of the data blocks alone and a sum over them. KVM's binary stats fix the
+/// header and descriptors for the life of the file (its API documentation:
+/// the descriptors are read once per file descriptor), and the registry's
+/// `vcpu_stats` keeps that rule, so they are not read again.
 #[derive(Debug)]
 pub struct VcpuStatsFile {
     file: KeptFile,
-    layout: Option<(Vec<u8>, Layout)>,
+    layout: Option<Layout>,
+    /// Where [`read_raw`](Self::read_raw) found the data blocks (the
+    /// header's `data_offset`).
+    data_offset: Option<u64>,
+    /// The names last asked of [`read_picked`](Self::read_picked), each
+    /// with its value's byte offset in a block (`None`: no such scalar).
+    picked: Vec<(String, Option<usize>)>,
 }
 
 /// One reading of a [`VcpuStatsFile`].
@@ -177,6 +191,8 @@ impl VcpuStatsFile {
         Ok(VcpuStatsFile {
             file: KeptFile::open(path, 16 << 10)?,
             layout: None,
+            data_offset: None,
+            picked: Vec::new(),
         })
     }
 
@@ -184,32 +200,88 @@ impl VcpuStatsFile {
         self.file.path()
     }
 
-    /// The file's bytes now, unparsed (one `pread`): the floor a
-    /// benchmark compares [`read`](Self::read) with.
+    /// The file's data blocks now, unparsed: one `pread` (the first read
+    /// takes the whole file, for the header's data offset). The floor a
+    /// benchmark compares [`read_picked`](Self::read_picked) with.
     pub fn read_raw(&mut self) -> io::Result<&[u8]> {
-        self.file.read()
+        if let Some(at) = self.data_offset {
+            return self.file.read_from(at);
+        }
+        let bytes = self.file.read()?;
+        let at = bytes
+            .get(20..24)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no stats header"))?;
+        self.data_offset = Some(at.into());
+        Ok(bytes.get(at as usize..).unwrap_or_default())
     }
 
     /// The counters now, summed over the vCPUs.
     pub fn read(&mut self) -> Result<VcpuSums<'_>, VcpuStatsError> {
-        let bytes = self.file.read()?;
-        if !matches!(&self.layout, Some((prefix, _)) if bytes.starts_with(prefix)) {
-            let mut src = bytes;
-            let layout = stats::read_layout(&mut src)?;
-            let end = usize::try_from(layout.data_offset)
-                .unwrap_or(usize::MAX)
-                .min(bytes.len());
-            self.layout = Some((bytes[..end].to_vec(), layout));
-        }
-        let Some((_, layout)) = &self.layout else {
-            return Err(StatsError::BadHeader("no layout".into()).into());
-        };
-        let (vcpus, sums) = stats::vcpu_sums_with(layout, self.file.last())?;
+        let (layout, data) = data(&mut self.file, &mut self.layout)?;
+        let (vcpus, sums) = stats::vcpu_sums_with(layout, data)?;
         Ok(VcpuSums {
             vcpus,
             layout,
             sums,
         })
+    }
+
+    /// The counters `names` now, each summed over the vCPUs, into `out`
+    /// (same order; `None` for a name the file has no scalar counter of):
+    /// what a refresh needs, without allocating. Returns the number of
+    /// vCPUs.
+    pub fn read_picked(
+        &mut self,
+        names: &[&str],
+        out: &mut [Option<u64>],
+    ) -> Result<usize, VcpuStatsError> {
+        let (layout, data) = data(&mut self.file, &mut self.layout)?;
+        let asked = |p: &[(String, Option<usize>)]| {
+            p.len() == names.len() && p.iter().zip(names).all(|((a, _), b)| a == b)
+        };
+        if !asked(&self.picked) {
+            self.picked = names
+                .iter()
+                .map(|n| {
+                    let d = layout.descs.iter().find(|d| d.size == 1 && d.name == *n);
+                    (n.to_string(), d.map(|d| d.offset as usize))
+                })
+                .collect();
+        }
+        let (block, vcpus) = stats::vcpu_blocks(layout, data)?;
+        for (slot, (_, at)) in out.iter_mut().zip(&self.picked) {
+            *slot = at.and_then(|at| {
+                data.chunks_exact(block)
+                    .map(|b| Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?)))
+                    .try_fold(0u64, |sum, v| Some(sum.wrapping_add(v?)))
+            });
+        }
+        Ok(vcpus)
+    }
+}
+
+/// A `vcpu_stats` file's layout, read and parsed on the first call, and its
+/// data blocks now: after the first call one `pread` from the data offset.
+fn data<'a>(
+    file: &'a mut KeptFile,
+    layout: &'a mut Option<Layout>,
+) -> Result<(&'a Layout, &'a [u8]), VcpuStatsError> {
+    match layout {
+        Some(l) => Ok((l, file.read_from(l.data_offset)?)),
+        None => {
+            let bytes = file.read()?;
+            let mut src = bytes;
+            let l = layout.insert(stats::read_layout(&mut src)?);
+            let data = usize::try_from(l.data_offset)
+                .ok()
+                .and_then(|at| bytes.get(at..))
+                .ok_or(StatsError::Truncated {
+                    offset: l.data_offset,
+                    need: 0,
+                })?;
+            Ok((l, data))
+        }
     }
 }
 
@@ -259,9 +331,44 @@ mod tests {
         d.write("vs", vcpu_stats(&[&[10, 1], &[5, 2], &[1, 1]]));
         let s = f.read().unwrap();
         assert_eq!((s.vcpus, s.get("exits")), (3, Some(16)));
-        // Garbage is an error, not a panic.
-        d.write("vs", [1u8, 2, 3]);
+        // A partial block is an error, not a panic.
+        let mut b = vcpu_stats(&[&[10, 1], &[5, 2]]);
+        b.push(7);
+        d.write("vs", &b);
         assert!(f.read().is_err());
+        // So is garbage where the layout is read.
+        d.write("vs", [1u8, 2, 3]);
+        let mut f = VcpuStatsFile::open(&d.path().join("vs")).unwrap();
+        assert!(f.read().is_err());
+    }
+
+    #[test]
+    fn picked_counters_read_only_the_data_after_the_first_read() {
+        let d = TempDir::new("kept-pick");
+        d.write("vs", vcpu_stats(&[&[10, 1], &[5, 2]]));
+        let mut f = VcpuStatsFile::open(&d.path().join("vs")).unwrap();
+        let names = ["halt_attempted_poll", "missing", "exits"];
+        let mut out = [None; 3];
+        assert_eq!(f.read_picked(&names, &mut out).unwrap(), 2);
+        assert_eq!(out, [Some(3), None, Some(15)]);
+        // Later reads start at the data: bytes before it are not read again
+        // (KVM fixes them for the life of the file), so zeroing them here
+        // changes nothing.
+        let mut b = vcpu_stats(&[&[10, 1], &[5, 2], &[1, 1]]);
+        let at = f.layout.as_ref().unwrap().data_offset as usize;
+        b[..at].fill(0);
+        d.write("vs", &b);
+        assert_eq!(f.read_picked(&names, &mut out).unwrap(), 3);
+        assert_eq!(out, [Some(4), None, Some(16)]);
+        // Other names are resolved again.
+        assert_eq!(f.read_picked(&["exits"], &mut out[..1]).unwrap(), 3);
+        assert_eq!(out[0], Some(16));
+        // The raw read, for the floor: the data alone.
+        let b = vcpu_stats(&[&[10, 1], &[5, 2], &[1, 1]]);
+        d.write("vs", &b);
+        let mut f = VcpuStatsFile::open(&d.path().join("vs")).unwrap();
+        assert_eq!(f.read_raw().unwrap().len(), b.len() - at);
+        assert_eq!(f.read_raw().unwrap().len(), b.len() - at);
     }
 
     #[test]

@@ -311,7 +311,14 @@ pub type VcpuSums = (Layout, usize, Vec<(String, u64)>);
 pub fn parse_vcpu_sums(bytes: &[u8]) -> Result<VcpuSums, StatsError> {
     let mut src = bytes;
     let layout = read_layout(&mut src)?;
-    let (blocks, values) = vcpu_sums_with(&layout, bytes)?;
+    let data = usize::try_from(layout.data_offset)
+        .ok()
+        .and_then(|at| bytes.get(at..))
+        .ok_or(StatsError::Truncated {
+            offset: layout.data_offset,
+            need: 0,
+        })?;
+    let (blocks, values) = vcpu_sums_with(&layout, data)?;
     let sums = layout
         .descs
         .iter()
@@ -322,24 +329,13 @@ pub fn parse_vcpu_sums(bytes: &[u8]) -> Result<VcpuSums, StatsError> {
     Ok((layout, blocks, sums))
 }
 
-/// The vCPU blocks of a `vcpu_stats` stream whose layout is already
-/// known (parsed once, as a kept-open file's is): the number of blocks and
-/// the sum of each scalar counter, in the order of the layout's scalar
-/// descriptors (those with `size == 1`). Allocates only the result.
-pub fn vcpu_sums_with(layout: &Layout, bytes: &[u8]) -> Result<(usize, Vec<u64>), StatsError> {
-    let start = usize::try_from(layout.data_offset).unwrap_or(usize::MAX);
-    let block = usize::try_from(layout.data_len).unwrap_or(usize::MAX);
-    let data = bytes.get(start..).ok_or(StatsError::Truncated {
-        offset: layout.data_offset,
-        need: 0,
-    })?;
-    if block == 0 || data.len() % block != 0 {
-        return Err(StatsError::BadHeader(format!(
-            "{} bytes of vCPU data are not whole blocks of {block}",
-            data.len()
-        )));
-    }
-    let blocks = data.len() / block;
+/// The vCPU blocks of a `vcpu_stats` stream whose layout is already known
+/// (parsed once, as a kept-open file's is): `data` is the stream from the
+/// layout's data offset. Returns the number of blocks and the sum of each
+/// scalar counter, in the order of the layout's scalar descriptors (those
+/// with `size == 1`). Allocates only the result.
+pub fn vcpu_sums_with(layout: &Layout, data: &[u8]) -> Result<(usize, Vec<u64>), StatsError> {
+    let (block, blocks) = vcpu_blocks(layout, data)?;
     let sums = layout
         .descs
         .iter()
@@ -356,6 +352,19 @@ pub fn vcpu_sums_with(layout: &Layout, bytes: &[u8]) -> Result<(usize, Vec<u64>)
         })
         .collect();
     Ok((blocks, sums))
+}
+
+/// The size of one vCPU's block (the layout's data length) and how many
+/// whole blocks `data` holds; a partial block is an error.
+pub fn vcpu_blocks(layout: &Layout, data: &[u8]) -> Result<(usize, usize), StatsError> {
+    let block = usize::try_from(layout.data_len).unwrap_or(usize::MAX);
+    if block == 0 || data.len() % block != 0 {
+        return Err(StatsError::BadHeader(format!(
+            "{} bytes of vCPU data are not whole blocks of {block}",
+            data.len()
+        )));
+    }
+    Ok((block, data.len() / block))
 }
 
 /// Parse a whole stream held in memory. Never panics, whatever the bytes.

@@ -30,6 +30,7 @@ use crate::kept::{StatFile, VcpuStatsError, VcpuStatsFile};
 use crate::procfs::{classify, Read, Skip};
 use crate::watch::{KvmEvent, KvmEventKind, UeventSocket};
 use crate::{Guest, GuestName, Source};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +68,43 @@ pub struct Activity {
     pub pid_rescans: u64,
 }
 
+/// Counters of one guest picked by name ([`Tracker::picked`]), in the
+/// order asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picked<const N: usize> {
+    /// Where the bulk came from, as [`Counters::source`].
+    pub source: Source,
+    /// Each asked counter's value and where it came from; `None` when it
+    /// could not be read (the notes may say why).
+    pub values: [Option<(u64, Source)>; N],
+    /// What could not be read, in plain words.
+    pub notes: Vec<String>,
+}
+
+impl<const N: usize> Picked<N> {
+    /// The counters `names` of `c`.
+    pub fn from_counters(c: &Counters, names: &[&str; N]) -> Picked<N> {
+        Picked {
+            source: c.source,
+            values: names.map(|n| {
+                let v = c.values.get(n)?;
+                Some((*v, c.sources.get(n).copied().unwrap_or(c.source)))
+            }),
+            notes: c.notes.clone(),
+        }
+    }
+
+    /// The value of counter `i` (in the order asked), if read.
+    pub fn value(&self, i: usize) -> Option<u64> {
+        self.values.get(i).copied().flatten().map(|(v, _)| v)
+    }
+
+    /// Where counter `i` came from, if read.
+    pub fn source_of(&self, i: usize) -> Option<Source> {
+        self.values.get(i).copied().flatten().map(|(_, s)| s)
+    }
+}
+
 /// The state of one guest's kept-open `vcpu_stats`.
 #[derive(Debug)]
 enum VcpuStats {
@@ -93,9 +131,9 @@ pub struct Tracker {
     /// is gone; one never there (a child pid namespace's) is left to the
     /// full discovery.
     listed: HashSet<u64>,
-    vcpu_stats: HashMap<u64, VcpuStats>,
+    vcpu_stats: FxHashMap<u64, VcpuStats>,
     /// Kept-open `stat` files by (pid, tid); tid 0 is the whole process.
-    stat_files: HashMap<(u32, u32), (StatFile, u64)>,
+    stat_files: FxHashMap<(u32, u32), (StatFile, u64)>,
     /// Refresh count, to close the `stat` files of guests no longer read.
     generation: u64,
     /// Files kept open now (`stat` and `vcpu_stats`), and how many may be:
@@ -108,6 +146,9 @@ pub struct Tracker {
     /// cumulative stat, and lockdown is never lifted): not asked again.
     debugfs_refused: BTreeSet<String>,
     last_list: Instant,
+    /// `.list` as last merged: the same text again changes nothing, so the
+    /// periodic reconcile of an unchanged set costs a read and a compare.
+    list_text: String,
     last_full: Instant,
     list_due: bool,
     full_due: bool,
@@ -168,13 +209,14 @@ impl Tracker {
             backends: Vec::new(),
             notes: Vec::new(),
             listed: HashSet::new(),
-            vcpu_stats: HashMap::new(),
-            stat_files: HashMap::new(),
+            vcpu_stats: FxHashMap::default(),
+            stat_files: FxHashMap::default(),
             generation: 0,
             kept: 0,
             kept_budget: kept_budget(),
             debugfs_refused: BTreeSet::new(),
             last_list: now,
+            list_text: String::new(),
             last_full: now,
             list_due: false,
             full_due: false,
@@ -317,6 +359,7 @@ impl Tracker {
         if self.registry {
             // Which of them `.list` shows, so that a later `.list` without
             // one of them means it is gone.
+            self.list_text.clear();
             self.merge_list();
         }
         let ids: HashSet<u64> = self.guests.iter().filter_map(|g| g.id).collect();
@@ -327,8 +370,8 @@ impl Tracker {
     fn merge_list(&mut self) {
         self.last_list = Instant::now();
         self.list_due = false;
-        let entries = match proc_kvm::read_list(&self.cfg.proc_root) {
-            Read::Ok((entries, _)) => entries,
+        let text = match self.cfg.proc_root.read_string("kvm/.list") {
+            Read::Ok(text) => text,
             // A registry without `.list` (an earlier version of the series),
             // or an unreadable one: only the full discovery can tell.
             _ => {
@@ -337,6 +380,11 @@ impl Tracker {
             }
         };
         self.activity.list_reads += 1;
+        if text == self.list_text {
+            return;
+        }
+        let (entries, _) = proc_kvm::parse_list(&text);
+        self.list_text = text;
         let by_id: HashMap<u64, &proc_kvm::ListEntry> = entries.iter().map(|e| (e.id, e)).collect();
         let mut gone = Vec::new();
         let mut moved = Vec::new();
@@ -557,7 +605,15 @@ impl Tracker {
             sources: BTreeMap::new(),
             notes: Vec::new(),
         };
-        match self.read_vcpu_stats(pid, id, &mut c, &wanted) {
+        let read = self.read_vcpu_stats(pid, id, |f| {
+            let s = f.read()?;
+            for (n, v) in s.iter().filter(|(n, _)| wanted(n)) {
+                c.values.insert(n.to_string(), v);
+                c.sources.insert(n.to_string(), Source::ProcKvm);
+            }
+            Ok(s.vcpus)
+        });
+        match read {
             VcpuRead::Sums(vcpus) => {
                 if vcpus != nvcpus && vcpus != 0 {
                     self.vcpus_due.insert(id);
@@ -592,6 +648,69 @@ impl Tracker {
         Ok(c)
     }
 
+    /// The counters `names` of guest `index`, in that order: what a frame
+    /// needs each refresh, without a map per guest. On a registry kernel
+    /// they come from the kept-open `vcpu_stats` (one `pread`, no
+    /// allocation), and the VM's `stats` is read only for a name
+    /// `vcpu_stats` does not have; elsewhere from [`counters`](Self::counters).
+    pub fn picked<const N: usize>(
+        &mut self,
+        index: usize,
+        names: &[&str; N],
+    ) -> Result<Picked<N>, StatsFdError> {
+        let Some(g) = self.guests.get(index) else {
+            return Err(StatsFdError::Unsupported("a guest at that index"));
+        };
+        let (pid, nvcpus) = (g.pid, g.vcpus.len());
+        let (Some(id), Some(Source::ProcKvm)) = (g.id, g.provenance.id) else {
+            return self
+                .counters(index, Some(names))
+                .map(|c| Picked::from_counters(&c, names));
+        };
+        let mut values = [None; N];
+        let mut notes = Vec::new();
+        match self.read_vcpu_stats(pid, id, |f| f.read_picked(names, &mut values)) {
+            VcpuRead::Sums(vcpus) => {
+                if vcpus != nvcpus && vcpus != 0 {
+                    self.vcpus_due.insert(id);
+                }
+            }
+            VcpuRead::Gone => {
+                self.forget_vm(id);
+                return Err(StatsFdError::Gone(pid));
+            }
+            VcpuRead::Failed(note) => notes.push(note),
+            VcpuRead::Absent => {
+                return self
+                    .counters(index, Some(names))
+                    .map(|c| Picked::from_counters(&c, names));
+            }
+        }
+        let mut picked = Picked {
+            source: Source::ProcKvm,
+            values: values.map(|v| v.map(|v| (v, Source::ProcKvm))),
+            notes,
+        };
+        if picked.values.iter().any(Option::is_none) {
+            // VM-wide stats: read on demand, not kept open.
+            match discover::guest_stats(&self.cfg, &self.guests[index]) {
+                Ok((source, s)) => {
+                    for (slot, n) in picked.values.iter_mut().zip(names) {
+                        if slot.is_none() {
+                            *slot = s
+                                .stats
+                                .iter()
+                                .find(|st| st.values.len() == 1 && st.desc.name == *n)
+                                .map(|st| (st.values[0], source));
+                        }
+                    }
+                }
+                Err(e) => picked.notes.push(format!("VM stats: {e}")),
+            }
+        }
+        Ok(picked)
+    }
+
     /// Named counters of the VM `<pid>-<fd>` from debugfs, on kernels
     /// without the registry: one open and read of each file, without first
     /// checking the directory, and none for a name the kernel refused
@@ -614,14 +733,13 @@ impl Tracker {
         Some(discover::from_debugfs(got))
     }
 
-    /// Sum a registry VM's vCPU counters from its kept-open `vcpu_stats`
-    /// into `c`, opening it on first use.
+    /// Read a registry VM's kept-open `vcpu_stats` with `read`, opening it
+    /// on first use (past the fd budget: for this read only).
     fn read_vcpu_stats(
         &mut self,
         pid: u32,
         id: u64,
-        c: &mut Counters,
-        wanted: &dyn Fn(&str) -> bool,
+        read: impl FnOnce(&mut VcpuStatsFile) -> Result<usize, VcpuStatsError>,
     ) -> VcpuRead {
         let proc = &self.cfg.proc_root;
         let room = self.kept < self.kept_budget;
@@ -650,14 +768,8 @@ impl Tracker {
             (None, VcpuStats::Open(f)) => f,
             (None, _) => return VcpuRead::Absent,
         };
-        let failed = match f.read() {
-            Ok(s) => {
-                for (n, v) in s.iter().filter(|(n, _)| wanted(n)) {
-                    c.values.insert(n.to_string(), v);
-                    c.sources.insert(n.to_string(), Source::ProcKvm);
-                }
-                return VcpuRead::Sums(s.vcpus);
-            }
+        let failed = match read(f) {
+            Ok(vcpus) => return VcpuRead::Sums(vcpus),
             Err(VcpuStatsError::Io(e)) if classify(&e) == Some(Skip::Gone) => {
                 return VcpuRead::Gone;
             }
@@ -845,6 +957,49 @@ mod tests {
         t.refresh();
         t.refresh();
         assert!(matches!(t.cpu(100, None), Read::Skip(Skip::Gone)));
+        assert!(t.guests().is_empty());
+    }
+
+    #[test]
+    fn picked_counters_come_in_the_order_asked() {
+        let d = TempDir::new("track-pick");
+        let web = vm(&d, 100, 1, "web", 10);
+        d.write("kvm/.list", &web);
+        d.write(
+            "100/kvm/1/stats",
+            stats::encode("kvm-1", 48, &[("remote_tlb_flush", 0, &[7])]),
+        );
+        let mut t = Tracker::without_events(cfg(&d), Policy::WITH_EVENTS);
+        let names = ["missing", "exits", "remote_tlb_flush"];
+        let p = t.picked(0, &names).unwrap();
+        assert_eq!(
+            p.values,
+            [
+                None,
+                Some((10, Source::ProcKvm)),
+                Some((7, Source::ProcKvm))
+            ]
+        );
+        assert_eq!(
+            (p.value(1), p.source_of(1)),
+            (Some(10), Some(Source::ProcKvm))
+        );
+        // The same as the map of counters() says.
+        let c = t.counters(0, Some(&names)).unwrap();
+        assert_eq!(Picked::from_counters(&c, &names), p);
+        d.write(
+            "100/kvm/1/vcpu_stats",
+            stats::encode("kvm-1/vcpus", 48, &[("exits", 0, &[25])]),
+        );
+        assert_eq!(t.picked(0, &["exits"]).unwrap().value(0), Some(25));
+        // Gone (a file not yet open: a kept-open one of a real /proc fails
+        // with ESRCH).
+        let mut t = Tracker::without_events(cfg(&d), Policy::WITH_EVENTS);
+        std::fs::remove_dir_all(d.path().join("100/kvm")).unwrap();
+        assert!(matches!(
+            t.picked(0, &["exits"]),
+            Err(StatsFdError::Gone(100))
+        ));
         assert!(t.guests().is_empty());
     }
 

@@ -7,20 +7,28 @@
 use crate::host::{self, HostSplit, HostTimes};
 use kvmreg::backend::stats_fd::StatsFdError;
 use kvmreg::cpu::{self, CpuRates, CpuSnapshot};
-use kvmreg::discover::{BackendState, Counters};
+use kvmreg::discover::BackendState;
 use kvmreg::kept::KeptFile;
 use kvmreg::model::GuestKey;
 use kvmreg::procfs::Read;
-use kvmreg::track::Tracker;
+use kvmreg::track::{Picked, Tracker};
 use kvmreg::{Config, Guest, Source};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 /// The KVM counters a frame shows (exits/s, the halt-poll ratio): a
 /// refresh reads only these, not every stat of every guest.
-pub const FRAME_COUNTERS: &[&str] = &["exits", "halt_successful_poll", "halt_attempted_poll"];
+pub const FRAME_COUNTERS: [&str; 3] = ["exits", "halt_successful_poll", "halt_attempted_poll"];
+/// Indices into [`FRAME_COUNTERS`] (and a [`FrameCounters`]' values).
+pub const EXITS: usize = 0;
+const HALT_POLL_OK: usize = 1;
+const HALT_POLL_TRIED: usize = 2;
+
+/// A guest's [`FRAME_COUNTERS`].
+pub type FrameCounters = Picked<{ FRAME_COUNTERS.len() }>;
 
 /// One reading of everything.
 pub struct Reading {
@@ -28,8 +36,8 @@ pub struct Reading {
     /// Shared with the tracker and the previous reading while unchanged.
     pub guests: Vec<Arc<Guest>>,
     pub backends: Vec<(Source, BackendState)>,
-    pub cpu: HashMap<u32, CpuSnapshot>,
-    pub counters: HashMap<GuestKey, Result<Counters, String>>,
+    pub cpu: FxHashMap<u32, CpuSnapshot>,
+    pub counters: FxHashMap<GuestKey, Result<FrameCounters, String>>,
     pub host: Option<HostTimes>,
 }
 
@@ -69,7 +77,7 @@ impl Reader {
 /// left to the caller ([`Reader::read`]).
 pub fn read(t: &mut Tracker) -> Reading {
     t.refresh();
-    let mut counters = HashMap::new();
+    let mut counters = FxHashMap::default();
     let mut i = 0;
     while i < t.guests().len() {
         let g = &t.guests()[i];
@@ -77,7 +85,7 @@ pub fn read(t: &mut Tracker) -> Reading {
         let c = if g.details_hidden {
             Err("hidden: no ptrace rights over the VMM".to_string())
         } else {
-            match t.counters(i, Some(FRAME_COUNTERS)) {
+            match t.picked(i, &FRAME_COUNTERS) {
                 // Gone: the tracker dropped it; the same index is the next.
                 Err(StatsFdError::Gone(_)) if t.guests().get(i).map(Guest::key) != Some(k) => {
                     continue
@@ -88,7 +96,7 @@ pub fn read(t: &mut Tracker) -> Reading {
         counters.insert(k, c);
         i += 1;
     }
-    let mut cpu = HashMap::new();
+    let mut cpu = FxHashMap::default();
     let guests = t.shared();
     for of_pid in guests.chunk_by(|a, b| a.pid == b.pid) {
         let pid = of_pid[0].pid;
@@ -157,10 +165,24 @@ pub struct Row {
 impl Row {
     /// The label the views show: the name (a hint marked `?`), else `pid N`.
     pub fn label(&self) -> String {
+        let mut s = String::new();
+        self.label_into(&mut s);
+        s
+    }
+
+    /// [`label`](Self::label), appended to `out`.
+    pub fn label_into(&self, out: &mut String) {
+        use std::fmt::Write;
         match &self.name {
-            Some(n) if self.name_verified => n.clone(),
-            Some(n) => format!("{n}?"),
-            None => format!("pid{}", self.pid),
+            Some(n) => {
+                out.push_str(n);
+                if !self.name_verified {
+                    out.push('?');
+                }
+            }
+            None => {
+                let _ = write!(out, "pid{}", self.pid);
+            }
         }
     }
 }
@@ -182,23 +204,17 @@ pub fn counter_rates(
         .collect()
 }
 
-/// The rate of one counter over an interval (no map built: a frame needs
-/// one rate per guest).
-pub fn counter_rate(
-    a: &BTreeMap<String, u64>,
-    b: &BTreeMap<String, u64>,
-    name: &str,
-    secs: f64,
-) -> Option<f64> {
+/// The rate of counter `i` of a frame's counters over an interval.
+pub fn counter_rate(a: &FrameCounters, b: &FrameCounters, i: usize, secs: f64) -> Option<f64> {
     (secs > 0.0).then_some(())?;
-    Some(b.get(name)?.saturating_sub(*a.get(name)?) as f64 / secs)
+    Some(b.value(i)?.saturating_sub(a.value(i)?) as f64 / secs)
 }
 
 /// `halt_successful_poll / halt_attempted_poll` over the interval.
-pub fn halt_poll_ratio(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> Option<f64> {
-    let d = |k: &str| Some(b.get(k)?.saturating_sub(*a.get(k)?));
-    let ok = d("halt_successful_poll")?;
-    let tried = d("halt_attempted_poll")?;
+pub fn halt_poll_ratio(a: &FrameCounters, b: &FrameCounters) -> Option<f64> {
+    let d = |i: usize| Some(b.value(i)?.saturating_sub(a.value(i)?));
+    let ok = d(HALT_POLL_OK)?;
+    let tried = d(HALT_POLL_TRIED)?;
     (tried > 0).then(|| ok as f64 / tried as f64)
 }
 
@@ -236,7 +252,7 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
     let k = g.key();
     let counters = cur.counters.get(&k);
     let pair = match (prev.counters.get(&k), counters) {
-        (Some(Ok(a)), Some(Ok(b))) => Some((&a.values, &b.values)),
+        (Some(Ok(a)), Some(Ok(b))) => Some((a, b)),
         _ => None,
     };
     Row {
@@ -250,15 +266,15 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         host_system_pct: p.map(|p| p.2),
         host_user_pct: p.map(|p| p.3),
         cpu_scope: if shared { "vcpu-threads" } else { "process" },
-        exits_per_s: pair.and_then(|(a, b)| counter_rate(a, b, "exits", secs)),
+        exits_per_s: pair.and_then(|(a, b)| counter_rate(a, b, EXITS, secs)),
         halt_poll_ratio: pair.and_then(|(a, b)| halt_poll_ratio(a, b)),
         memory_bytes: g.memory_bytes,
         stats_source: match counters {
             Some(Ok(c)) => Some(c.source),
             _ => None,
         },
-        exits_source: counter_source(counters, "exits"),
-        halt_poll_source: counter_source(counters, "halt_attempted_poll"),
+        exits_source: counter_source(counters, EXITS),
+        halt_poll_source: counter_source(counters, HALT_POLL_TRIED),
         stats_notes: match counters {
             Some(Ok(c)) => c.notes.clone(),
             _ => Vec::new(),
@@ -272,9 +288,9 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
     }
 }
 
-fn counter_source(c: Option<&Result<Counters, String>>, name: &str) -> Option<Source> {
+fn counter_source(c: Option<&Result<FrameCounters, String>>, i: usize) -> Option<Source> {
     match c {
-        Some(Ok(c)) => c.sources.get(name).copied(),
+        Some(Ok(c)) => c.source_of(i),
         _ => None,
     }
 }
@@ -325,8 +341,9 @@ pub fn backend_used(backends: &[(Source, BackendState)]) -> String {
 
 /// How many of `guests` each process owns: a process with several VMs
 /// has their CPU split by vCPU threads.
-pub fn vms_per_pid(guests: &[Arc<Guest>]) -> HashMap<u32, usize> {
-    let mut n: HashMap<u32, usize> = HashMap::with_capacity(guests.len());
+pub fn vms_per_pid(guests: &[Arc<Guest>]) -> FxHashMap<u32, usize> {
+    let mut n = FxHashMap::default();
+    n.reserve(guests.len());
     for g in guests {
         *n.entry(g.pid).or_default() += 1;
     }
@@ -365,6 +382,14 @@ mod tests {
         kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
 
+    fn fc(v: [Option<u64>; 3]) -> FrameCounters {
+        FrameCounters {
+            source: Source::ProcKvm,
+            values: v.map(|v| v.map(|v| (v, Source::ProcKvm))),
+            notes: Vec::new(),
+        }
+    }
+
     #[test]
     fn counter_rates_per_second() {
         let a = m(&[("exits", 100), ("gone", 1)]);
@@ -373,18 +398,20 @@ mod tests {
         assert_eq!(r.get("exits"), Some(&100.0));
         assert_eq!(r.get("new"), None);
         assert!(counter_rates(&a, &b, 0.0).is_empty());
-        assert_eq!(counter_rate(&a, &b, "exits", 2.0), r.get("exits").copied());
-        assert_eq!(counter_rate(&a, &b, "exits", 0.0), None);
-        assert_eq!(counter_rate(&a, &b, "missing", 2.0), None);
+        let (a, b) = (fc([Some(100), None, None]), fc([Some(300), Some(5), None]));
+        assert_eq!(counter_rate(&a, &b, EXITS, 2.0), Some(100.0));
+        assert_eq!(counter_rate(&a, &b, EXITS, 0.0), None);
+        assert_eq!(counter_rate(&a, &b, HALT_POLL_OK, 2.0), None);
+        assert_eq!(counter_rate(&a, &b, HALT_POLL_TRIED, 2.0), None);
     }
 
     #[test]
     fn halt_poll_ratio_needs_attempts() {
-        let a = m(&[("halt_successful_poll", 10), ("halt_attempted_poll", 20)]);
-        let b = m(&[("halt_successful_poll", 13), ("halt_attempted_poll", 24)]);
+        let a = fc([None, Some(10), Some(20)]);
+        let b = fc([None, Some(13), Some(24)]);
         assert_eq!(halt_poll_ratio(&a, &b), Some(0.75));
         assert_eq!(halt_poll_ratio(&a, &a), None);
-        assert_eq!(halt_poll_ratio(&m(&[]), &b), None);
+        assert_eq!(halt_poll_ratio(&fc([None; 3]), &b), None);
     }
 
     #[test]

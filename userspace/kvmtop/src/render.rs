@@ -6,24 +6,93 @@ use crate::frame::{Frame, Row, SamplingSummary};
 
 /// `1.5G`, `512M`, `64K`, `-` when unknown.
 pub fn bytes(b: Option<u64>) -> String {
-    let Some(b) = b else { return "-".into() };
-    const U: [(&str, u64); 4] = [
-        ("T", 1 << 40),
-        ("G", 1 << 30),
-        ("M", 1 << 20),
-        ("K", 1 << 10),
+    let mut s = String::new();
+    bytes_into(&mut s, b);
+    s
+}
+
+/// [`bytes`], appended to `out`.
+fn bytes_into(out: &mut String, b: Option<u64>) {
+    let Some(b) = b else {
+        out.push('-');
+        return;
+    };
+    const U: [(char, u64); 4] = [
+        ('T', 1 << 40),
+        ('G', 1 << 30),
+        ('M', 1 << 20),
+        ('K', 1 << 10),
     ];
     for (s, n) in U {
         if b >= n {
             let v = b as f64 / n as f64;
-            return if v < 10.0 && b % n != 0 {
-                format!("{v:.1}{s}")
-            } else {
-                format!("{:.0}{s}", v)
-            };
+            fixed(out, v, 0, u32::from(v < 10.0 && b % n != 0));
+            out.push(s);
+            return;
         }
     }
-    format!("{b}B")
+    uint(out, b, 0);
+    out.push('B');
+}
+
+/// Right-align what was appended to `out` since `start` in `width`
+/// columns (it is ASCII).
+fn pad_from(out: &mut String, start: usize, width: usize) {
+    let len = out.len() - start;
+    if len < width {
+        out.insert_str(
+            start,
+            &"                                "[..(width - len).min(32)],
+        );
+    }
+}
+
+/// `n` right-aligned in `width`, as `{n:>width$}` writes it.
+fn uint(out: &mut String, mut n: u64, width: usize) {
+    let mut b = [0u8; 20];
+    let mut i = b.len();
+    loop {
+        i -= 1;
+        b[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = out.len();
+    // The digits are ASCII.
+    out.extend(b[i..].iter().map(|&c| c as char));
+    pad_from(out, start, width);
+}
+
+/// `v` with `prec` decimals right-aligned in `width`, as
+/// `{v:>width$.prec$}` writes it: core::fmt's exact float path costs more than the rest of a row, and a
+/// frame formats five of them per guest.
+fn fixed(out: &mut String, v: f64, width: usize, prec: u32) {
+    use std::fmt::Write;
+    let scale = 10u64.pow(prec);
+    let scaled = v * scale as f64;
+    // Near a tie the product's rounding may decide it wrongly: core::fmt
+    // then, whose exact path says which side the binary value is on.
+    let near_tie = (scaled - scaled.floor() - 0.5).abs() < 1e-6;
+    if !(0.0..1e9).contains(&scaled) || near_tie {
+        let p = prec as usize;
+        let _ = write!(out, "{v:>width$.p$}");
+        return;
+    }
+    let t = scaled.round() as u64;
+    let start = out.len();
+    uint(out, t / scale, 0);
+    if prec > 0 {
+        out.push('.');
+        let frac = t % scale;
+        let mut d = scale / 10;
+        while d > 0 {
+            out.push((b'0' + (frac / d % 10) as u8) as char);
+            d /= 10;
+        }
+    }
+    pad_from(out, start, width);
 }
 
 /// `3d04h`, `2h05m`, `5m03s`, `42s`.
@@ -128,19 +197,28 @@ pub fn row(r: &Row) -> String {
 /// allocation (the label) instead of one per cell, since a frame of a
 /// thousand guests formats a thousand rows every interval.
 pub fn row_into(out: &mut String, r: &Row) {
-    use std::fmt::Write;
-    let label = r.label();
-    if label.chars().count() <= 20 {
-        let _ = write!(out, "{label:<20}");
+    let start = out.len();
+    r.label_into(out);
+    let chars = out[start..].chars().count();
+    if chars <= 20 {
+        out.extend(std::iter::repeat_n(' ', 20 - chars));
     } else {
-        out.extend(label.chars().take(19));
+        let cut = out[start..]
+            .char_indices()
+            .nth(19)
+            .map_or(out.len(), |(i, _)| start + i);
+        out.truncate(cut);
         out.push('+');
     }
-    let _ = match r.id {
-        Some(i) => write!(out, " {i:>6}"),
-        None => write!(out, " {:>6}", "-"),
-    };
-    let _ = write!(out, " {:>8} {:>5}", r.pid, r.vcpus);
+    out.push(' ');
+    match r.id {
+        Some(i) => uint(out, i, 6),
+        None => out.push_str("     -"),
+    }
+    out.push(' ');
+    uint(out, u64::from(r.pid), 8);
+    out.push(' ');
+    uint(out, r.vcpus as u64, 5);
     for (v, w) in [
         (r.cpu_pct, 6),
         (r.guest_pct, 6),
@@ -148,16 +226,25 @@ pub fn row_into(out: &mut String, r: &Row) {
         (r.host_user_pct, 6),
         (r.exits_per_s, 9),
     ] {
-        let _ = match v {
-            Some(v) => write!(out, " {v:>w$.1}"),
-            None => write!(out, " {:>w$}", "-"),
-        };
+        out.push(' ');
+        match v {
+            Some(v) => fixed(out, v, w, 1),
+            None => {
+                let at = out.len();
+                out.push('-');
+                pad_from(out, at, w);
+            }
+        }
     }
-    let _ = match r.halt_poll_ratio {
-        Some(v) => write!(out, " {v:>5.2}"),
-        None => write!(out, " {:>5}", "-"),
-    };
-    let _ = write!(out, " {:>7}", bytes(r.memory_bytes));
+    out.push(' ');
+    match r.halt_poll_ratio {
+        Some(v) => fixed(out, v, 5, 2),
+        None => out.push_str("    -"),
+    }
+    out.push(' ');
+    let at = out.len();
+    bytes_into(out, r.memory_bytes);
+    pad_from(out, at, 7);
 }
 
 /// A whole frame as text, as `kvmtop -b` prints it.
@@ -186,6 +273,42 @@ pub fn frame_text(f: &Frame) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_point_cells_match_core_fmt() {
+        let std_fmt = |v: f64, w: usize, p: usize| format!("{v:>w$.p$}");
+        let mine = |v: f64, w: usize, p: u32| {
+            let mut s = String::from("x");
+            fixed(&mut s, v, w, p);
+            s[1..].to_string()
+        };
+        let mut values = vec![
+            0.0,
+            0.04,
+            0.06,
+            0.065,
+            1.0,
+            99.94,
+            99.96,
+            1e8 + 0.35,
+            1e9 + 0.3,
+            1e20,
+            -1.5,
+            f64::NAN,
+        ];
+        values.extend((0..20_000).map(|i| f64::from(i) / 7.0));
+        values.extend((0..20_000).map(|i| f64::from(i) * 0.013));
+        for v in values {
+            for (w, p) in [(6, 1), (9, 1), (5, 2), (0, 0)] {
+                assert_eq!(mine(v, w, p as u32), std_fmt(v, w, p), "{v} {w} {p}");
+            }
+        }
+        for n in [0u64, 7, 10, 99_999, u64::MAX] {
+            let mut s = String::new();
+            uint(&mut s, n, 8);
+            assert_eq!(s, format!("{n:>8}"));
+        }
+    }
 
     #[test]
     fn formats() {

@@ -142,7 +142,7 @@ pub fn exposition(r: &Reading, openmetrics: bool) -> String {
     );
     for g in &r.guests {
         if let Some(Ok(c)) = r.counters.get(&g.key()) {
-            if let Some(v) = c.values.get("exits") {
+            if let Some(v) = c.value(frame::EXITS) {
                 let _ = writeln!(o, "kvmtop_guest_exits_total{{{}}} {v}", labels(g));
             }
         }
@@ -248,7 +248,6 @@ pub fn run(cfg: &Config, listen: &str, max: Option<u64>) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use kvmreg::GuestName;
-    use std::collections::HashMap;
     use std::time::Instant;
 
     #[test]
@@ -262,8 +261,8 @@ mod tests {
             at: Instant::now(),
             guests: vec![g.into()],
             backends: vec![],
-            cpu: HashMap::new(),
-            counters: HashMap::new(),
+            cpu: Default::default(),
+            counters: Default::default(),
             host: None,
         };
         let t = exposition(&r, false);

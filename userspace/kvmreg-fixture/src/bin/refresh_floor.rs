@@ -3,7 +3,9 @@
 //! exits and CPU split each second must at least do on a registry kernel.
 //! It finds the guests once, keeps each one's `vcpu_stats` and its
 //! process' `stat` open (and `/proc/stat`, for the host's split), and each
-//! round `pread`s them, parses nothing and prints one short line.
+//! round `pread`s them (a `vcpu_stats` from its data blocks on, as kvmtop
+//! reads it after the first read), parses nothing and prints one short
+//! line.
 //! `kvmreg-refresh-bench` runs it beside `kvmtop -b` in the same boot: its
 //! CPU per round is the figure kvmtop's is compared with.
 
