@@ -14,7 +14,7 @@ use crate::kernel::{Config, Kernel};
 use crate::splat;
 use crate::suites::{Plan, Summary};
 use crate::tap::{self, Counts, Outcome, TestPoint};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -47,6 +47,18 @@ fn memory(config: Config) -> String {
         Config::Debug => "3G",
     }
     .to_string()
+}
+
+/// The test VM's CPUs: 2, or `KVMREG_CPUS` (1 to 16) for a benchmark that
+/// must tell contention for the test VM's CPUs from what a tool does.
+fn cpus() -> Result<String> {
+    match std::env::var("KVMREG_CPUS") {
+        Err(_) => Ok("2".into()),
+        Ok(n) => match n.parse::<u32>() {
+            Ok(c @ 1..=16) => Ok(c.to_string()),
+            _ => bail!("KVMREG_CPUS={n}: give the test VM's CPU count, 1 to 16"),
+        },
+    }
 }
 
 /// A fresh run directory: `runs/<config>-<tree>-<unix time>`, and `runs/latest`.
@@ -155,7 +167,7 @@ pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
         "-cpu",
         "max",
         "-smp",
-        "2",
+        &cpus()?,
         "-m",
         &memory(kernel.config),
     ])

@@ -78,6 +78,9 @@ struct Args {
     /// Seconds of each exits window.
     #[arg(long, default_value_t = 5.0)]
     exits_window: f64,
+    /// Measure only the exits (`--exits-guests`), not the refresh.
+    #[arg(long)]
+    exits_only: bool,
     /// Where kvmtop, kvmreg-fixture and kvmreg-refresh-floor are (default:
     /// beside this program).
     #[arg(long)]
@@ -321,6 +324,14 @@ fn bench(args: &Args) -> Result<()> {
     };
     let work = std::env::temp_dir().join(format!("kvmreg-refresh-bench.{}", std::process::id()));
     let registry = Path::new("/proc/kvm/.list").exists();
+    if args.exits_only {
+        if args.exits_guests == 0 {
+            bail!("--exits-only needs --exits-guests N");
+        }
+        exits(args, &bin, &work)?;
+        let _ = fs::remove_dir_all(&work);
+        return Ok(());
+    }
     let n = args.guests;
     println!("# kvmreg-refresh-bench: {n} guests busy {}%, {} extra fds and {} extra threads per VMM, {} rounds of {} frames every {} s; {} kernel",
         args.busy, args.extra_fds, args.extra_threads, args.rounds, args.refreshes, args.delay,
@@ -709,8 +720,9 @@ fn exits(args: &Args, bin: &Path, work: &Path) -> Result<()> {
         }
     }
     println!(
-        "# {counter}/s kvmtop adds per guest ({} guests running, {} s windows; median [95% interval]):",
+        "# {counter}/s kvmtop adds per guest ({} guests running on {} CPUs, {} s windows; median [95% interval]):",
         pids.len(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.exits_window
     );
     // Without --sample kvmtop must add nothing: the interval reaches 0.
