@@ -10,10 +10,16 @@
 # Three runs: 100 idle guests (and the exits), 100 guests busy 1%, 1,000
 # idle guests (the test VM needs about 6 GiB for them: KVMREG_MEMORY).
 #
-# $1: directory of the project's (release) binaries.
-echo "TAP version 13"
-echo "1..3"
+# $1: directory of the project's (release) binaries; $2 "exits": the
+# exits measurement alone (`cargo xtask run bench-exits`, e.g. with
+# KVMREG_CPUS=4).
 bin=$1
+echo "TAP version 13"
+if [ "$2" = exits ]; then
+	echo "1..1"
+else
+	echo "1..3"
+fi
 PATH=$bin:$PATH
 [ -d /sys/kernel/debug/kvm ] || mount -t debugfs debugfs /sys/kernel/debug
 
@@ -30,6 +36,11 @@ bench() {
 	fi
 }
 
+if [ "$2" = exits ]; then
+	bench "the exits kvmtop adds ($(nproc) CPUs)" \
+		--exits-only --exits-guests 3 --exits-busy 50
+	exit 0
+fi
 bench "100 idle guests, and the exits kvmtop adds" \
 	--guests 100 --busy 0 --exits-guests 3 --exits-busy 50
 bench "100 guests busy 1%" --guests 100 --busy 1 --rounds 7

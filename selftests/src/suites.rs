@@ -108,6 +108,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "benchmark, not a test: kvmtop's refresh vs its floor (CPU, system calls, interval), exits it adds, .list vs fd scan; 100 and 1000 qemu-shaped guests (patched kernel; KVMREG_MEMORY=6G)",
     ),
     (
+        "bench-exits",
+        "benchmark, not a test: the exits kvmtop adds to running guests alone, as bench-refresh measures them (patched kernel; KVMREG_CPUS=4 tells contention for the test VM's CPUs from the tool)",
+    ),
+    (
         "lkdtm",
         "provokes a WARN and a KASAN report (debug kernel): proves splats fail the run",
     ),
@@ -222,6 +226,13 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                 let mut run = script("bench-refresh", "bench_refresh.sh", 3600);
                 run.argv
                     .push(release_bins()?.to_string_lossy().into_owned());
+                runs.push(run);
+            }
+            "bench-exits" => {
+                let mut run = script("bench-exits", "bench_refresh.sh", 1200);
+                run.argv
+                    .push(release_bins()?.to_string_lossy().into_owned());
+                run.argv.push("exits".into());
                 runs.push(run);
             }
             other => {

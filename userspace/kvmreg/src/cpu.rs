@@ -16,14 +16,21 @@ use std::time::Instant;
 #[error("malformed /proc stat line: {0}")]
 pub struct StatError(pub &'static str);
 
-/// CPU times of one thread, in clock ticks.
+/// CPU times of one thread, in clock ticks, and what else its `stat` line
+/// says that a refresh shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ThreadTimes {
     pub tid: u32,
     pub comm: String,
+    /// The state letter (field 3): `R` running, `S` sleeping, `D` in an
+    /// uninterruptible wait, `T` stopped, `t` stopped by a tracer, `Z`
+    /// zombie, ...
+    pub state: char,
     pub utime: u64,
     pub stime: u64,
     pub guest_time: u64,
+    /// Resident set size in pages (field 24): the whole process'.
+    pub rss_pages: u64,
 }
 
 impl ThreadTimes {
@@ -33,13 +40,30 @@ impl ThreadTimes {
     }
 }
 
+/// The size of a page, which `stat`'s RSS counts.
+pub fn page_size() -> u64 {
+    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        // SAFETY: sysconf only reads a configuration value.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    })
+}
+
 /// Parse one `/proc/<pid>/task/<tid>/stat` line.
 ///
 /// The command name is in parentheses and may itself hold spaces and
 /// parentheses, so fields are counted from the last `)`.
 pub fn parse_stat(line: &str) -> Result<ThreadTimes, StatError> {
     let open = line.find('(').ok_or(StatError("no '('"))?;
-    let close = line.rfind(')').ok_or(StatError("no ')'"))?;
+    // The last ')' ends the comm. The kernel's comm is at most 64 bytes and
+    // nothing after it holds a ')', so the search starts 66 bytes on rather
+    // than at the end of the line (a refresh parses one line per guest).
+    let window = line.get(..open.saturating_add(66)).unwrap_or(line);
+    let close = window
+        .rfind(')')
+        .or_else(|| line.rfind(')'))
+        .ok_or(StatError("no ')'"))?;
     if close < open {
         return Err(StatError("')' before '('"));
     }
@@ -49,24 +73,37 @@ pub fn parse_stat(line: &str) -> Result<ThreadTimes, StatError> {
         .map_err(|_| StatError("bad pid"))?;
     let comm = line[open + 1..close].to_string();
     let rest = &line[close + 1..];
-    let (utime, stime, guest_time) = match times_single_spaced(rest.as_bytes()) {
-        Some(t) => t,
-        None => times_any_spacing(rest)?,
+    let f = match fields_single_spaced(rest.as_bytes()) {
+        Some(f) => f,
+        None => fields_any_spacing(rest)?,
     };
     Ok(ThreadTimes {
         tid,
         comm,
-        utime,
-        stime,
-        guest_time,
+        state: f.state,
+        utime: f.utime,
+        stime: f.stime,
+        guest_time: f.guest_time,
+        rss_pages: f.rss_pages,
     })
 }
 
-/// utime, stime and guest_time (fields 14, 15 and 43) from the fields after
-/// the comm as the kernel writes them, one space before each, walked as
-/// bytes: a refresh parses one such line per guest. `None` for anything
-/// else (then [`times_any_spacing`] decides).
-fn times_single_spaced(rest: &[u8]) -> Option<(u64, u64, u64)> {
+/// The fields of a `stat` line after the comm that a refresh uses.
+#[derive(Debug, PartialEq, Eq)]
+struct Fields {
+    state: char,
+    utime: u64,
+    stime: u64,
+    rss_pages: u64,
+    guest_time: u64,
+}
+
+/// State, utime, stime, rss and guest_time (fields 3, 14, 15, 24 and 43)
+/// from the fields after the comm as the kernel writes them, one space
+/// before each: the spaces are found eight bytes at a time, since a refresh
+/// parses one such line per guest. `None` for anything else (then
+/// [`fields_any_spacing`] decides).
+fn fields_single_spaced(rest: &[u8]) -> Option<Fields> {
     fn num(b: &[u8]) -> Option<u64> {
         if b.is_empty() {
             return None;
@@ -77,30 +114,91 @@ fn times_single_spaced(rest: &[u8]) -> Option<(u64, u64, u64)> {
         })
     }
     let rest = rest.strip_suffix(b"\n").unwrap_or(rest);
-    // Field 3 (state) starts after the first space.
-    let mut fields = rest.strip_prefix(b" ")?.split(|&c| c == b' ');
-    let utime = num(fields.nth(14 - 3)?)?;
-    let stime = num(fields.next()?)?;
+    if rest.first() != Some(&b' ') {
+        return None;
+    }
+    // Space k (from 0) starts field k + 3; `at` is the last space found.
+    let mut at = 0;
+    let mut k = 0;
+    let mut field = |n: usize| -> Option<&[u8]> {
+        let start = nth_space(rest, at + 1, n - 3 - k - 1)?;
+        let end = nth_space(rest, start + 1, 0).unwrap_or(rest.len());
+        (at, k) = (start, n - 3);
+        rest.get(start + 1..end)
+    };
+    let state = match rest.get(1..nth_space(rest, 1, 0)?)? {
+        [c] if c.is_ascii_alphabetic() => char::from(*c),
+        _ => return None,
+    };
+    let utime = num(field(14)?)?;
+    let stime = num(field(15)?)?;
+    let rss_pages = num(field(24)?)?;
     // guest_time exists since Linux 2.6.24; be lenient with older lines.
-    let guest_time = match fields.nth(43 - 16) {
+    let guest_time = match field(43) {
         Some(f) => num(f)?,
         None => 0,
     };
-    Some((utime, stime, guest_time))
+    Some(Fields {
+        state,
+        utime,
+        stime,
+        rss_pages,
+        guest_time,
+    })
 }
 
-/// [`times_single_spaced`] for fields separated by any white space.
-fn times_any_spacing(rest: &str) -> Result<(u64, u64, u64), StatError> {
+/// The offset of the `n`-th (from 0) space at or after `from`: eight bytes
+/// at a time, each word's spaces flagged exactly (a byte equal to ' '
+/// becomes zero, and a zero byte sets the flag with no carry between
+/// bytes) and counted.
+fn nth_space(b: &[u8], from: usize, mut n: usize) -> Option<usize> {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const SPACES: u64 = 0x2020_2020_2020_2020;
+    let mut i = from;
+    while let Some(w) = b.get(i..i + 8) {
+        let x = u64::from_le_bytes(w.try_into().ok()?) ^ SPACES;
+        let mut m = !(((x & LOW7) + LOW7) | x | LOW7);
+        let c = m.count_ones() as usize;
+        if c > n {
+            for _ in 0..n {
+                m &= m - 1;
+            }
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        n -= c;
+        i += 8;
+    }
+    b.get(i..)?
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c == b' ')
+        .nth(n)
+        .map(|(j, _)| i + j)
+}
+
+/// [`fields_single_spaced`] for fields separated by any white space.
+fn fields_any_spacing(rest: &str) -> Result<Fields, StatError> {
     let mut rest = rest.split_ascii_whitespace();
     let num = |f: Option<&str>| -> Result<u64, StatError> {
         f.ok_or(StatError("too few fields"))?
             .parse()
             .map_err(|_| StatError("non-numeric field"))
     };
-    // Field 14 is the 12th after field 3; field 43 the 28th after 15.
-    let utime = num(rest.nth(14 - 3))?;
+    let state = rest
+        .next()
+        .and_then(|s| s.chars().next())
+        .ok_or(StatError("too few fields"))?;
+    // Field 14 is the 11th after field 3.
+    let utime = num(rest.nth(14 - 4))?;
     let stime = num(rest.next())?;
-    Ok((utime, stime, num(rest.nth(43 - 16)).unwrap_or(0)))
+    let rss_pages = num(rest.nth(24 - 16))?;
+    Ok(Fields {
+        state,
+        utime,
+        stime,
+        rss_pages,
+        guest_time: num(rest.nth(43 - 25)).unwrap_or(0),
+    })
 }
 
 /// The times of every thread of a process at one instant.
@@ -229,6 +327,7 @@ mod tests {
         f[0] = "R".into();
         f[14 - 3] = utime.to_string();
         f[15 - 3] = stime.to_string();
+        f[24 - 3] = "3000".into();
         f[43 - 3] = guest.to_string();
         format!("{tid} ({comm}) {}\n", f.join(" "))
     }
@@ -240,12 +339,22 @@ mod tests {
         assert_eq!(t.comm, "CPU 0/KVM) (x");
         assert_eq!((t.utime, t.stime, t.guest_time), (500, 20, 450));
         assert_eq!(t.host_user(), 50);
-        // The kernel's single spaces take the memchr path; other spacing,
-        // and a line of an old kernel without guest_time, the general one.
+        assert_eq!((t.state, t.rss_pages), ('R', 3000));
+        // The kernel's single spaces take the byte walk; other spacing, and
+        // a line of an old kernel without guest_time, the general one.
         let l = line(7, "x", 500, 20, 450);
-        assert!(times_single_spaced(&l.as_bytes()[l.find(')').unwrap() + 1..]).is_some());
+        let fast = fields_single_spaced(&l.as_bytes()[l.find(')').unwrap() + 1..]);
+        assert!(fast.is_some());
+        assert_eq!(
+            fast,
+            fields_any_spacing(&l[l.find(')').unwrap() + 1..]).ok()
+        );
         let t = parse_stat(&l.replace(' ', "  ")).unwrap();
-        assert_eq!((t.utime, t.stime, t.guest_time), (500, 20, 450));
+        assert_eq!(
+            (t.state, t.utime, t.stime, t.guest_time),
+            ('R', 500, 20, 450)
+        );
+        assert_eq!(t.rss_pages, 3000);
         let old: String = l.split(' ').take(42).collect::<Vec<_>>().join(" ");
         let t = parse_stat(&old).unwrap();
         assert_eq!((t.utime, t.stime, t.guest_time), (500, 20, 0));
@@ -253,6 +362,17 @@ mod tests {
             parse_stat(&l.replace(" 500 ", " 5x0 ")).map(|_| ()),
             Err(StatError("non-numeric field"))
         );
+    }
+
+    #[test]
+    fn spaces_are_found_a_word_at_a_time_as_one_at_a_time() {
+        let line = b" S 1 22 333 4444 55555 666666 7777777 88888888 999999999 0 x  y";
+        for from in 0..line.len() {
+            let slow: Vec<usize> = (from..line.len()).filter(|&i| line[i] == b' ').collect();
+            for n in 0..slow.len() + 2 {
+                assert_eq!(nth_space(line, from, n), slow.get(n).copied(), "{from} {n}");
+            }
+        }
     }
 
     #[test]

@@ -362,6 +362,7 @@ impl Tracker {
             self.list_text.clear();
             self.merge_list();
         }
+        self.sort();
         let ids: HashSet<u64> = self.guests.iter().filter_map(|g| g.id).collect();
         self.vcpu_stats.retain(|id, _| ids.contains(id));
     }

@@ -9,7 +9,7 @@ use kvmreg::Config;
 use std::time::Instant;
 
 pub fn run(cfg: &Config, args: &BatchArgs, sample: bool) -> anyhow::Result<()> {
-    let delay = args.delay()?;
+    let delay = args.delay();
     let n = args.iterations.unwrap_or(1);
     let mut sampler = HeaderSampler::with(sample);
     let mut reader = frame::Reader::new(cfg);

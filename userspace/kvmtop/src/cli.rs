@@ -63,26 +63,43 @@ pub struct Roots {
     pub no_registry: bool,
 }
 
-/// `top`-like batch options, shared by the overview, `stat` and `profile`.
-#[derive(Args, Debug, Clone)]
+/// `top`-like batch options, shared by the overview, `stat` and `profile`:
+/// given before or after the subcommand, they mean the same
+/// ([`BatchArgs::or`]).
+#[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct BatchArgs {
     /// Batch mode: print frames to stdout instead of the full-screen view.
     #[arg(short = 'b', long = "batch")]
     pub batch: bool,
-    /// Number of frames (batch mode; default 1). Live mode runs until `q`.
-    #[arg(short = 'n', long = "iterations", value_name = "N")]
+    /// Number of frames, then exit (batch mode: default 1; the live view
+    /// and frames to a pipe: until q or interrupted).
+    #[arg(short = 'n', long = "iterations", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub iterations: Option<u64>,
-    /// Seconds between frames (fractions allowed).
-    #[arg(
-        short = 'd',
-        long = "delay",
-        value_name = "SECS",
-        default_value_t = 1.0
-    )]
-    pub delay: f64,
+    /// Seconds between frames, 0.1 to 86400 (fractions allowed; default 1).
+    #[arg(short = 'd', long = "delay", value_name = "SECS", value_parser = parse_delay)]
+    pub delay: Option<f64>,
     /// One JSON object per frame (batch mode), one per line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Shortest and longest `-d`: below 0.1 s a frame's own reading is a large
+/// part of what it shows (and the rates are noise); a day is plenty.
+const DELAY_RANGE: std::ops::RangeInclusive<f64> = 0.1..=86400.0;
+
+fn parse_delay(s: &str) -> Result<f64, String> {
+    let d: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !DELAY_RANGE.contains(&d) {
+        return Err(format!(
+            "{s} s is outside {} to {} seconds",
+            DELAY_RANGE.start(),
+            DELAY_RANGE.end()
+        ));
+    }
+    Ok(d)
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,9 +131,9 @@ pub enum Command {
         syms: SymbolArgs,
         #[command(flatten)]
         batch: BatchArgs,
-        /// How many functions to show.
-        #[arg(long, default_value_t = 20)]
-        top: usize,
+        /// How many functions to show (at least 1).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+        top: u64,
     },
     /// Rename a guest (writes /proc/<pid>/kvm/<id>/name; needs the registry kernel).
     Name {
@@ -193,15 +210,20 @@ impl SymbolArgs {
 }
 
 impl BatchArgs {
-    /// The delay, checked: clap accepts any float.
-    pub fn delay(&self) -> anyhow::Result<std::time::Duration> {
-        if !(self.delay.is_finite() && self.delay > 0.0 && self.delay <= 86400.0) {
-            anyhow::bail!(
-                "-d {} is not a usable delay: pass seconds between 0 and 86400, e.g. -d 0.5",
-                self.delay
-            );
+    /// Seconds between frames (checked by the parser).
+    pub fn delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.delay.unwrap_or(1.0))
+    }
+
+    /// Each option from `self` (after a subcommand), else from `top` (before
+    /// it): `kvmtop -b -n 1 profile` is `kvmtop profile -b -n 1`.
+    pub fn or(&self, top: &BatchArgs) -> BatchArgs {
+        BatchArgs {
+            batch: self.batch || top.batch,
+            iterations: self.iterations.or(top.iterations),
+            delay: self.delay.or(top.delay),
+            json: self.json || top.json,
         }
-        Ok(std::time::Duration::from_secs_f64(self.delay))
     }
 }
 
@@ -221,9 +243,51 @@ mod tests {
         let c = Cli::try_parse_from(["kvmtop", "-b", "-n", "2", "-d", "0.5", "--json"]).unwrap();
         assert!(c.batch.batch && c.batch.json);
         assert_eq!(c.batch.iterations, Some(2));
-        assert_eq!(c.batch.delay().unwrap().as_millis(), 500);
-        let bad = Cli::try_parse_from(["kvmtop", "-d", "-1"]);
-        assert!(bad.is_err() || bad.unwrap().batch.delay().is_err());
+        assert_eq!(c.batch.delay().as_millis(), 500);
+        assert_eq!(
+            Cli::try_parse_from(["kvmtop"])
+                .unwrap()
+                .batch
+                .delay()
+                .as_secs(),
+            1
+        );
+    }
+
+    #[test]
+    fn usage_errors_are_clap_errors() {
+        for args in [
+            &["kvmtop", "-d", "0"][..],
+            &["kvmtop", "-d", "0.0000001"],
+            &["kvmtop", "-d", "-1"],
+            &["kvmtop", "-d", "NaN"],
+            &["kvmtop", "-d", "inf"],
+            &["kvmtop", "-d", "x"],
+            &["kvmtop", "-n", "0"],
+            &["kvmtop", "profile", "--top", "0"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            // Usage errors exit 2, as clap's own do.
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+        }
+        assert!(Cli::try_parse_from(["kvmtop", "-d", "0.1"]).is_ok());
+    }
+
+    #[test]
+    fn batch_options_mean_the_same_before_and_after_a_subcommand() {
+        let c = Cli::try_parse_from(["kvmtop", "-b", "-n", "2", "-d", "3", "profile", "--json"])
+            .unwrap();
+        let Some(Command::Profile { batch, .. }) = &c.command else {
+            panic!("parsed as {:?}", c.command);
+        };
+        let b = batch.or(&c.batch);
+        assert!(b.batch && b.json);
+        assert_eq!((b.iterations, b.delay), (Some(2), Some(3.0)));
+        let c = Cli::try_parse_from(["kvmtop", "-d", "3", "stat", "-d", "2"]).unwrap();
+        let Some(Command::Stat { batch, .. }) = &c.command else {
+            panic!("parsed as {:?}", c.command);
+        };
+        assert_eq!(batch.or(&c.batch).delay, Some(2.0));
     }
 
     #[test]

@@ -13,6 +13,25 @@ pub fn completions(shell: clap_complete::Shell, out: &mut impl Write) {
     clap_complete::generate(shell, &mut Cli::command(), "kvmtop", out);
 }
 
+/// Write the man page to stdout; a closed pipe (`kvmtop man | head`) is a
+/// quiet end. (Made whole first: clap_complete panics on a write error.)
+pub fn print_man() -> std::io::Result<()> {
+    let mut m = Vec::new();
+    man(&mut m)?;
+    emit_bytes(&m)
+}
+
+/// Write shell completions to stdout, as [`print_man`] writes the page.
+pub fn print_completions(shell: clap_complete::Shell) -> std::io::Result<()> {
+    let mut c = Vec::new();
+    completions(shell, &mut c);
+    emit_bytes(&c)
+}
+
+fn emit_bytes(b: &[u8]) -> std::io::Result<()> {
+    crate::out::emit(&String::from_utf8_lossy(b)).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,6 +78,7 @@ impl Reader {
 pub fn read(t: &mut Tracker) -> Reading {
     t.refresh();
     let mut counters = FxHashMap::default();
+    counters.reserve(t.guests().len());
     let mut i = 0;
     while i < t.guests().len() {
         let g = &t.guests()[i];
@@ -96,8 +97,9 @@ pub fn read(t: &mut Tracker) -> Reading {
         counters.insert(k, c);
         i += 1;
     }
-    let mut cpu = FxHashMap::default();
     let guests = t.shared();
+    let mut cpu = FxHashMap::default();
+    cpu.reserve(guests.len());
     for of_pid in guests.chunk_by(|a, b| a.pid == b.pid) {
         let pid = of_pid[0].pid;
         // One VM: the process' own times (one file). Several: each VM's
@@ -146,7 +148,20 @@ pub struct Row {
     pub exits_per_s: Option<f64>,
     /// Successful / attempted halt polls over the interval.
     pub halt_poll_ratio: Option<f64>,
+    /// Guest memory where the kernel gives it (the registry), else the
+    /// VMM's resident memory: `memory_source` says which.
     pub memory_bytes: Option<u64>,
+    /// `guest` (the VM's memory slots) or `vmm-rss` (the owner process'
+    /// resident set), `null` when neither is known.
+    pub memory_source: Option<&'static str>,
+    /// The owner's state letter from `/proc` (`R` running, `S` sleeping,
+    /// `D` waiting on I/O, `T` stopped, `Z` zombie; with several VMs in one
+    /// process, its vCPU threads': `R` if any runs). A stopped VMM is `T`,
+    /// not an idle guest.
+    pub state: Option<char>,
+    /// The owner process' command name (`comm`); `null` when the row sums
+    /// vCPU threads (a process with several VMs).
+    pub command: Option<String>,
     /// Where the KVM counters came from (`null` when unreadable).
     pub stats_source: Option<Source>,
     /// Where `exits` came from: on a registry kernel its `vcpu_stats`
@@ -249,6 +264,25 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         _ => None,
     };
     let p = rates.as_ref().map(pct);
+    // The owner's own stat line, or with several VMs its vCPU threads'.
+    let lines: Vec<&cpu::ThreadTimes> = match cur.cpu.get(&g.pid) {
+        Some(s) if shared => tids.iter().filter_map(|t| s.threads.get(t)).collect(),
+        Some(s) => s.threads.get(&g.pid).into_iter().collect(),
+        None => Vec::new(),
+    };
+    let state = if lines.iter().any(|t| t.state == 'R') {
+        Some('R')
+    } else {
+        lines.first().map(|t| t.state)
+    };
+    let rss = lines
+        .first()
+        .map(|t| t.rss_pages.saturating_mul(cpu::page_size()));
+    let (memory_bytes, memory_source) = match (g.memory_bytes, rss) {
+        (Some(m), _) => (Some(m), Some("guest")),
+        (None, Some(r)) => (Some(r), Some("vmm-rss")),
+        (None, None) => (None, None),
+    };
     let k = g.key();
     let counters = cur.counters.get(&k);
     let pair = match (prev.counters.get(&k), counters) {
@@ -268,7 +302,14 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         cpu_scope: if shared { "vcpu-threads" } else { "process" },
         exits_per_s: pair.and_then(|(a, b)| counter_rate(a, b, EXITS, secs)),
         halt_poll_ratio: pair.and_then(|(a, b)| halt_poll_ratio(a, b)),
-        memory_bytes: g.memory_bytes,
+        memory_bytes,
+        memory_source,
+        state,
+        command: if shared {
+            None
+        } else {
+            lines.first().map(|t| t.comm.clone())
+        },
         stats_source: match counters {
             Some(Ok(c)) => Some(c.source),
             _ => None,
@@ -352,12 +393,12 @@ pub fn vms_per_pid(guests: &[Arc<Guest>]) -> FxHashMap<u32, usize> {
 
 /// Build a frame from two readings.
 pub fn frame(prev: &Reading, cur: &Reading, sampling: SamplingSummary) -> Frame {
-    let vms_of = vms_per_pid(&cur.guests);
-    let guests: Vec<Row> = cur
-        .guests
-        .iter()
-        .map(|g| row(prev, cur, g, vms_of.get(&g.pid).is_some_and(|&n| n > 1)))
-        .collect();
+    // The guests come sorted by owner pid: a process' VMs are one run.
+    let mut guests: Vec<Row> = Vec::with_capacity(cur.guests.len());
+    for of_pid in cur.guests.chunk_by(|a, b| a.pid == b.pid) {
+        let shared = of_pid.len() > 1;
+        guests.extend(of_pid.iter().map(|g| row(prev, cur, g, shared)));
+    }
     Frame {
         time: SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

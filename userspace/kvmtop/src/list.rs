@@ -1,5 +1,6 @@
 //! `kvmtop list`: the guests and where each fact came from.
 
+use crate::out::emit;
 use crate::render;
 use kvmreg::procfs::ProcRoot;
 use kvmreg::{Config, Guest, GuestName, Source};
@@ -177,14 +178,15 @@ pub fn run(cfg: &Config, json: bool, all: bool) -> anyhow::Result<()> {
         .map(|g| entry(&cfg.proc_root, g, tids))
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&entries)?))?;
     } else if entries.is_empty() {
-        println!(
+        // Said to the person, not to a script reading the table.
+        eprintln!(
             "{}",
             crate::guests::nothing_to_show(std::path::Path::new("/dev/kvm"))
         );
     } else {
-        print!("{}", table(&entries));
+        emit(&table(&entries))?;
     }
     Ok(())
 }

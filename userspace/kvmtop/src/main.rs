@@ -56,23 +56,28 @@ fn run(c: Cli) -> anyhow::Result<()> {
         None if c.batch.batch => batch::run(&cfg, &c.batch, c.sample),
         None => tui::run(&cfg, &c.batch, &c.syms, c.sample),
         Some(Command::List { json, all }) => list::run(&cfg, json || c.batch.json, all),
-        Some(Command::Stat { guest, batch }) => stat::run(&cfg, guest.guest.as_deref(), &batch),
+        Some(Command::Stat { guest, batch }) => {
+            stat::run(&cfg, guest.guest.as_deref(), &batch.or(&c.batch))
+        }
         Some(Command::Profile {
             guest,
             syms,
             batch,
             top,
-        }) => profile::run(&cfg, guest.guest.as_deref(), &syms.or(&c.syms), &batch, top),
+        }) => profile::run(
+            &cfg,
+            guest.guest.as_deref(),
+            &syms.or(&c.syms),
+            &batch.or(&c.batch),
+            usize::try_from(top).unwrap_or(usize::MAX),
+        ),
         Some(Command::Name { guest, new_name }) => name::run(&cfg, &guest, &new_name),
         Some(Command::Serve {
             listen,
             max_requests,
         }) => serve::run(&cfg, &listen, max_requests),
-        Some(Command::Man) => Ok(docs::man(&mut std::io::stdout())?),
-        Some(Command::Completions { shell }) => {
-            docs::completions(shell, &mut std::io::stdout());
-            Ok(())
-        }
+        Some(Command::Man) => Ok(docs::print_man()?),
+        Some(Command::Completions { shell }) => Ok(docs::print_completions(shell)?),
     }
 }
 
@@ -82,6 +87,12 @@ fn main() -> ExitCode {
     let c = Cli::parse();
     match run(c) {
         Ok(()) => ExitCode::SUCCESS,
+        // The terminal is restored by now; exit as the signal asked, like
+        // a shell reports a process it killed.
+        Err(e) if e.is::<term::Terminated>() => {
+            let sig = e.downcast_ref::<term::Terminated>().map_or(15, |t| t.0);
+            ExitCode::from(u8::try_from(128 + sig).unwrap_or(255))
+        }
         Err(e) => {
             eprintln!("kvmtop: {e:#}");
             if e.is::<guests::ChoiceError>() {

@@ -12,6 +12,7 @@ use kvmreg::symbols::guest::{self as gsym, GuestSymbols};
 use kvmreg::symbols::Symbolizer;
 use kvmreg::{Config, Guest};
 use serde::Serialize;
+use std::io::IsTerminal;
 use std::time::Instant;
 
 /// One function of a profile frame.
@@ -244,12 +245,17 @@ pub fn run(
     top: usize,
 ) -> anyhow::Result<()> {
     let g = guests::pick(cfg, wanted)?;
-    if !args.batch {
+    if !args.batch && !args.json && std::io::stdout().is_terminal() {
         return crate::tui::run_profile(cfg, g, syms, args);
     }
-    let delay = args.delay()?;
+    let delay = args.delay();
     let mut p = Profiler::start(&g, syms)?;
-    for _ in 0..args.iterations.unwrap_or(1) {
+    // Without -b (output not a terminal, or --json), frames until
+    // interrupted, as `kvmtop stat` prints them.
+    let n = args
+        .iterations
+        .unwrap_or(if args.batch { 1 } else { u64::MAX });
+    for _ in 0..n {
         std::thread::sleep(delay);
         let f = p.take(top);
         let t = if args.json {

@@ -40,59 +40,69 @@ fn bytes_into(out: &mut String, b: Option<u64>) {
 fn pad_from(out: &mut String, start: usize, width: usize) {
     let len = out.len() - start;
     if len < width {
-        out.insert_str(
-            start,
-            &"                                "[..(width - len).min(32)],
-        );
+        out.insert_str(start, &SPACES[..(width - len).min(SPACES.len())]);
+    }
+}
+
+const SPACES: &str = "                                ";
+
+/// `text` (ASCII) right-aligned in `width` columns.
+fn right(out: &mut String, text: &[u8], width: usize) {
+    if text.len() < width {
+        out.push_str(&SPACES[..(width - text.len()).min(SPACES.len())]);
+    }
+    debug_assert!(text.is_ascii());
+    // SAFETY: every caller passes digits, '.' or '-': ASCII, so UTF-8.
+    out.push_str(unsafe { std::str::from_utf8_unchecked(text) });
+}
+
+/// The decimal digits of `n` at the end of `buf`; returns where they start.
+fn digits(buf: &mut [u8], mut end: usize, mut n: u64) -> usize {
+    loop {
+        end -= 1;
+        buf[end] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return end;
+        }
     }
 }
 
 /// `n` right-aligned in `width`, as `{n:>width$}` writes it.
-fn uint(out: &mut String, mut n: u64, width: usize) {
+fn uint(out: &mut String, n: u64, width: usize) {
     let mut b = [0u8; 20];
-    let mut i = b.len();
-    loop {
-        i -= 1;
-        b[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let start = out.len();
-    // The digits are ASCII.
-    out.extend(b[i..].iter().map(|&c| c as char));
-    pad_from(out, start, width);
+    let i = digits(&mut b, 20, n);
+    right(out, &b[i..], width);
 }
 
-/// `v` with `prec` decimals right-aligned in `width`, as
-/// `{v:>width$.prec$}` writes it: core::fmt's exact float path costs more than the rest of a row, and a
-/// frame formats five of them per guest.
+/// `v` with `prec` (at most 6) decimals right-aligned in `width`, as
+/// `{v:>width$.prec$}` writes it: core::fmt's exact float path costs more
+/// than the rest of a row, and a frame formats six of them per guest.
 fn fixed(out: &mut String, v: f64, width: usize, prec: u32) {
     use std::fmt::Write;
-    let scale = 10u64.pow(prec);
+    let scale = 10u64.pow(prec.min(6));
     let scaled = v * scale as f64;
+    // Below 1e9 the integer part is exact in both types (the conversions
+    // truncate, with no libm call).
+    let whole = scaled as u64;
     // Near a tie the product's rounding may decide it wrongly: core::fmt
     // then, whose exact path says which side the binary value is on.
-    let near_tie = (scaled - scaled.floor() - 0.5).abs() < 1e-6;
-    if !(0.0..1e9).contains(&scaled) || near_tie {
+    let near_tie = (scaled - whole as f64 - 0.5).abs() < 1e-6;
+    if !(0.0..1e9).contains(&scaled) || near_tie || prec > 6 {
         let p = prec as usize;
         let _ = write!(out, "{v:>width$.p$}");
         return;
     }
-    let t = scaled.round() as u64;
-    let start = out.len();
-    uint(out, t / scale, 0);
+    let t = (scaled + 0.5) as u64;
+    let mut b = [0u8; 32];
+    let mut i = b.len();
     if prec > 0 {
-        out.push('.');
-        let frac = t % scale;
-        let mut d = scale / 10;
-        while d > 0 {
-            out.push((b'0' + (frac / d % 10) as u8) as char);
-            d /= 10;
-        }
+        i = digits(&mut b, i, t % scale + scale) + 1;
+        i -= 1;
+        b[i] = b'.';
     }
-    pad_from(out, start, width);
+    let i = digits(&mut b, i, t / scale);
+    right(out, &b[i..], width);
 }
 
 /// `3d04h`, `2h05m`, `5m03s`, `42s`.
@@ -172,10 +182,11 @@ pub fn header(f: &Frame) -> Vec<String> {
 /// The column titles; [`row`] pads to the same widths.
 pub fn columns() -> String {
     format!(
-        "{:<20} {:>6} {:>8} {:>5} {:>6} {:>6} {:>6} {:>6} {:>9} {:>5} {:>7}",
+        "{:<20} {:>6} {:>8} {} {:>5} {:>6} {:>6} {:>6} {:>6} {:>9} {:>5} {:>7} {}",
         "NAME",
         "ID",
         "PID",
+        "S",
         "VCPUS",
         "%CPU",
         "%GUEST",
@@ -183,7 +194,8 @@ pub fn columns() -> String {
         "%USER",
         "EXITS/s",
         "HPOLL",
-        "MEMORY"
+        "MEMORY",
+        "COMMAND"
     )
 }
 
@@ -218,6 +230,8 @@ pub fn row_into(out: &mut String, r: &Row) {
     out.push(' ');
     uint(out, u64::from(r.pid), 8);
     out.push(' ');
+    out.push(r.state.unwrap_or('-'));
+    out.push(' ');
     uint(out, r.vcpus as u64, 5);
     for (v, w) in [
         (r.cpu_pct, 6),
@@ -244,7 +258,12 @@ pub fn row_into(out: &mut String, r: &Row) {
     out.push(' ');
     let at = out.len();
     bytes_into(out, r.memory_bytes);
+    if r.memory_source == Some("vmm-rss") {
+        out.push('*');
+    }
     pad_from(out, at, 7);
+    out.push(' ');
+    out.push_str(r.command.as_deref().unwrap_or("-"));
 }
 
 /// A whole frame as text, as `kvmtop -b` prints it.
@@ -263,6 +282,9 @@ pub fn frame_text(f: &Frame) -> String {
         .any(|r| r.name.is_some() && !r.name_verified)
     {
         out.push_str("(NAME? = qemu -name hint from the command line, unverified)\n");
+    }
+    if f.guests.iter().any(|r| r.memory_source == Some("vmm-rss")) {
+        out.push_str("(MEMORY* = the VMM's resident memory: the kernel gives no guest size)\n");
     }
     if f.guests.is_empty() {
         out.push_str("(no KVM guests visible to this user)\n");
@@ -342,6 +364,9 @@ mod tests {
             exits_per_s: None,
             halt_poll_ratio: Some(0.5),
             memory_bytes: Some(1 << 30),
+            memory_source: Some("guest"),
+            state: Some('T'),
+            command: Some("qemu-system-x86".into()),
             stats_source: None,
             exits_source: None,
             halt_poll_source: None,
@@ -350,8 +375,20 @@ mod tests {
             guest: g.into(),
         };
         let line = row(&r);
-        assert_eq!(line.len(), columns().len(), "{line}\n{}", columns());
+        let cols = columns();
+        // Every column but the last, COMMAND, has its width.
+        let fixed = |l: &str| l.rfind(' ').map(|i| l[..i].len());
+        assert_eq!(fixed(&line), fixed(&cols), "{line}\n{cols}");
         assert!(line.starts_with("a-very-long-guest-n+ "), "{line}");
-        assert!(line.contains(" 150.0 ") && line.contains(" 0.50 ") && line.ends_with("     1G"));
+        assert!(line.contains(" 4242 T     2 "), "{line}");
+        assert!(line.contains(" 150.0 ") && line.contains(" 0.50 "));
+        assert!(line.ends_with("     1G qemu-system-x86"), "{line}");
+        // The VMM's RSS where the kernel gave no guest size is marked.
+        let r = Row {
+            memory_source: Some("vmm-rss"),
+            command: None,
+            ..r
+        };
+        assert!(row(&r).ends_with("    1G* -"), "{}", row(&r));
     }
 }

@@ -23,6 +23,8 @@ pub struct HeaderSampler {
     enabled: bool,
     sampler: Option<Sampler>,
     tids: Vec<u32>,
+    /// The last [`follow`](Self::follow) had no guests at all.
+    no_guests: bool,
     since: Instant,
     reason: Option<String>,
 }
@@ -69,6 +71,7 @@ impl HeaderSampler {
             enabled: true,
             sampler: None,
             tids: Vec::new(),
+            no_guests: false,
             since: Instant::now(),
             reason: None,
         }
@@ -84,12 +87,18 @@ impl HeaderSampler {
             .flat_map(|g| g.vcpus.iter().filter_map(|v| v.tid))
             .collect();
         tids.sort_unstable();
-        if tids == self.tids && (self.sampler.is_some() || self.reason.is_some()) {
+        let decided = self.sampler.is_some() || self.reason.is_some();
+        if tids == self.tids && (guests.is_empty() == self.no_guests) && decided {
             return;
         }
+        self.no_guests = guests.is_empty();
         self.tids = tids;
         self.sampler = None;
         self.since = Instant::now();
+        if guests.is_empty() {
+            self.reason = Some("no guests to sample".into());
+            return;
+        }
         let guests: Vec<Guest> = guests.iter().map(|g| Guest::clone(g)).collect();
         match Sampler::new(&guests, SamplerConfig::default()) {
             Ok(s) => {
@@ -191,6 +200,12 @@ mod tests {
     fn without_guests_sampling_is_off_with_a_reason() {
         let mut h = HeaderSampler::new();
         h.follow(&[]);
+        match h.take() {
+            SamplingSummary::Off { reason } => assert_eq!(reason, "no guests to sample"),
+            o => panic!("{o:?}"),
+        }
+        // Guests whose vCPU threads are unknown: that is the reason.
+        h.follow(&[Arc::new(Guest::new(1))]);
         match h.take() {
             SamplingSummary::Off { reason } => assert!(reason.contains("vCPU threads"), "{reason}"),
             o => panic!("{o:?}"),

@@ -125,7 +125,7 @@ fn stat_frame(g: &Guest, prev: &Counters, cur: &Counters, secs: f64) -> StatFram
 }
 
 pub fn run(cfg: &Config, wanted: Option<&str>, args: &BatchArgs) -> anyhow::Result<()> {
-    let delay = args.delay()?;
+    let delay = args.delay();
     let g = guests::pick(cfg, wanted)?;
     if !args.batch && !args.json && std::io::stdout().is_terminal() {
         return run_live(cfg, &g, args, delay);
@@ -321,8 +321,9 @@ fn run_live(cfg: &Config, g: &Guest, args: &BatchArgs, delay: Duration) -> anyho
                 tty.draw(|f| draw(f, &view))?;
                 continue;
             }
-            Input::Resize => {
+            Input::Redraw => {
                 tty.autoresize()?;
+                tty.clear()?;
                 tty.draw(|f| draw(f, &view))?;
                 continue;
             }

@@ -1,19 +1,86 @@
 //! The terminal of the full-screen views (the overview and its profile,
 //! `kvmtop profile`, `kvmtop stat`): raw mode and the alternate screen,
-//! restored however a view ends, waiting for keys between frames, and the
+//! restored however a view ends (return, error, panic, `SIGTERM`,
+//! `SIGHUP`, `SIGINT`), suspended on `Ctrl-Z`/`SIGTSTP` and taken back on
+//! `SIGCONT` the way `top` does; waiting for keys between frames; and the
 //! help box every view draws the same way.
 
-use crossterm::event::{self, Event, KeyEvent};
+use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyModifiers};
 use ratatui::layout::Rect;
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Clear, Paragraph};
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The signals a view acts on; `None` until the first view starts.
+static SIGNALS: OnceLock<Signals> = OnceLock::new();
+
+/// The last ending signal, and whether a stop or a continue came, as the
+/// handlers (signal-hook's, which only store) left them.
+struct Signals {
+    end: Arc<AtomicUsize>,
+    stop: Arc<AtomicUsize>,
+    cont: Arc<AtomicUsize>,
+}
+
+/// A view ended by a signal: the caller exits with 128 + the number after
+/// the terminal is restored (by [`TermGuard`]'s drop on the way out).
+#[derive(Debug, thiserror::Error)]
+#[error("terminated by signal {0}")]
+pub struct Terminated(pub i32);
+
+fn signals() -> anyhow::Result<&'static Signals> {
+    if let Some(s) = SIGNALS.get() {
+        return Ok(s);
+    }
+    let s = Signals {
+        end: Arc::new(AtomicUsize::new(0)),
+        stop: Arc::new(AtomicUsize::new(0)),
+        cont: Arc::new(AtomicUsize::new(0)),
+    };
+    use signal_hook::consts::{SIGCONT, SIGHUP, SIGINT, SIGTERM, SIGTSTP};
+    for sig in [SIGTERM, SIGHUP, SIGINT] {
+        signal_hook::flag::register_usize(sig, Arc::clone(&s.end), sig as usize)?;
+    }
+    signal_hook::flag::register_usize(SIGTSTP, Arc::clone(&s.stop), 1)?;
+    signal_hook::flag::register_usize(SIGCONT, Arc::clone(&s.cont), 1)?;
+    Ok(SIGNALS.get_or_init(|| s))
+}
+
+/// Leave the alternate screen and raw mode (errors ignored: this runs on
+/// the way out, whatever state the terminal is in).
+fn restore() {
+    let _ = crossterm::execute!(
+        std::io::stdout(),
+        crossterm::terminal::LeaveAlternateScreen,
+        crossterm::cursor::Show
+    );
+    let _ = crossterm::terminal::disable_raw_mode();
+}
+
+fn take_over() -> std::io::Result<()> {
+    crossterm::terminal::enable_raw_mode()?;
+    crossterm::execute!(std::io::stdout(), crossterm::terminal::EnterAlternateScreen)
+}
 
 /// Restores the terminal however the view ends (return, error, panic).
 pub struct TermGuard;
 
 impl TermGuard {
     fn enter() -> anyhow::Result<TermGuard> {
+        signals()?;
+        // A panic's message must reach the normal screen: the hook restores
+        // the terminal before the default hook prints (the guard's drop
+        // would come only after, during unwinding).
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let print = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                restore();
+                print(info);
+            }));
+        });
         crossterm::terminal::enable_raw_mode().map_err(|e| {
             anyhow::anyhow!(
                 "the live view needs a terminal ({e}); for scripts use batch mode: kvmtop -b"
@@ -27,8 +94,7 @@ impl TermGuard {
 
 impl Drop for TermGuard {
     fn drop(&mut self) {
-        let _ = crossterm::execute!(std::io::stdout(), crossterm::terminal::LeaveAlternateScreen);
-        let _ = crossterm::terminal::disable_raw_mode();
+        restore();
     }
 }
 
@@ -47,27 +113,73 @@ pub fn terminal() -> anyhow::Result<(TermGuard, Term)> {
 #[derive(Debug)]
 pub enum Input {
     Key(KeyEvent),
-    /// The window changed size: draw again.
-    Resize,
+    /// The window changed size, or the view came back from a stop: draw
+    /// everything again.
+    Redraw,
     /// `deadline` passed: time for the next frame.
     Timeout,
 }
 
-/// The next key or resize, or [`Input::Timeout`] at `deadline`.
+/// How long a wait for keys may last before the signal flags are looked
+/// at again.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
+/// The next key or redraw, or [`Input::Timeout`] at `deadline`. An ending
+/// signal is an error ([`Terminated`]); `Ctrl-Z` or `SIGTSTP` stops the
+/// process with the terminal given back, and the view takes it again when
+/// continued.
 pub fn next_input(deadline: Instant) -> anyhow::Result<Input> {
+    let sig = signals()?;
     loop {
+        let end = sig.end.swap(0, Ordering::Relaxed);
+        if end != 0 {
+            return Err(Terminated(end as i32).into());
+        }
+        if sig.stop.swap(0, Ordering::Relaxed) != 0 {
+            suspend()?;
+            return Ok(Input::Redraw);
+        }
+        if sig.cont.swap(0, Ordering::Relaxed) != 0 {
+            // Stopped by someone else (SIGSTOP): the shell may have reset
+            // the terminal meanwhile.
+            take_over()?;
+            return Ok(Input::Redraw);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(Input::Timeout);
         }
-        if event::poll(left)? {
+        if event::poll(left.min(SIGNAL_CHECK))? {
             match event::read()? {
+                Event::Key(k)
+                    if k.code == KeyCode::Char('z')
+                        && k.modifiers.contains(KeyModifiers::CONTROL) =>
+                {
+                    suspend()?;
+                    return Ok(Input::Redraw);
+                }
                 Event::Key(k) => return Ok(Input::Key(k)),
-                Event::Resize(..) => return Ok(Input::Resize),
+                Event::Resize(..) => return Ok(Input::Redraw),
                 _ => {}
             }
         }
     }
+}
+
+/// Give the terminal back and stop, as a shell's job control expects;
+/// take it again when continued.
+fn suspend() -> anyhow::Result<()> {
+    restore();
+    // SAFETY: raise() with a valid signal number; SIGSTOP stops this
+    // process until a SIGCONT.
+    unsafe {
+        libc::raise(libc::SIGSTOP);
+    }
+    if let Some(s) = SIGNALS.get() {
+        s.cont.store(0, Ordering::Relaxed);
+    }
+    take_over()?;
+    Ok(())
 }
 
 /// `lines` in a bordered box in the middle of the screen, cut to fit.

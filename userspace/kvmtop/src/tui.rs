@@ -11,10 +11,12 @@ use crate::render;
 use crate::sampling::HeaderSampler;
 use crate::term::{self, Input, Term};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use kvmreg::model::GuestKey;
 use kvmreg::{Config, Guest};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::Paragraph;
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// Sort orders, cycled with `s` or picked with their own key.
@@ -71,7 +73,16 @@ pub struct App {
     pub filter: String,
     pub editing_filter: bool,
     pub help: bool,
+    /// The highlighted row's position in [`rows`](Self::rows).
     pub selected: usize,
+    /// The highlighted guest: the selection follows it through re-sorts,
+    /// renames and other guests coming and going, as htop's follows a pid.
+    /// When it goes, the row at its place is selected.
+    selected_key: Option<GuestKey>,
+    /// The first row shown, and how many fit: set when drawing (the pane's
+    /// height is known only then), read by the paging keys.
+    scroll: Cell<usize>,
+    page: Cell<usize>,
     pub profile: Option<ProfileScreen>,
 }
 
@@ -86,7 +97,8 @@ const HELP: &[&str] = &[
     "",
     "  q          quit (in a profile: back to the overview)",
     "  ?  h       this help (any key closes it)",
-    "  Up Down    select a guest",
+    "  Up Down    select a guest (also k j); the selection follows it",
+    "  PgUp PgDn  a page up or down; Home End: first or last guest",
     "  Enter      profile the selected guest",
     "  Esc        back / clear the filter",
     "  s          next sort column",
@@ -105,6 +117,9 @@ impl App {
             editing_filter: false,
             help: false,
             selected: 0,
+            selected_key: None,
+            scroll: Cell::new(0),
+            page: Cell::new(1),
             profile: None,
         }
     }
@@ -146,8 +161,41 @@ impl App {
 
     pub fn set_frame(&mut self, f: KFrame) {
         self.frame = Some(f);
-        let n = self.rows().len();
-        self.selected = self.selected.min(n.saturating_sub(1));
+        self.follow_selection();
+    }
+
+    /// Put the highlight back on the selected guest after the rows changed
+    /// (a new frame, another sort or filter); a guest that is gone leaves
+    /// the highlight at its place, on the guest now there.
+    fn follow_selection(&mut self) {
+        let rows = self.rows();
+        let at = self
+            .selected_key
+            .and_then(|k| rows.iter().position(|r| r.guest.key() == k));
+        let selected = at.unwrap_or(self.selected.min(rows.len().saturating_sub(1)));
+        let key = rows.get(selected).map(|r| r.guest.key());
+        self.selected = selected;
+        self.selected_key = key;
+    }
+
+    /// Move the highlight to row `i` (clamped) and select its guest.
+    fn select(&mut self, i: usize) {
+        let rows = self.rows();
+        let i = i.min(rows.len().saturating_sub(1));
+        let key = rows.get(i).map(|r| r.guest.key());
+        self.selected = i;
+        self.selected_key = key;
+    }
+
+    /// The first row to show in a pane of `page` rows: the last one used,
+    /// moved just enough to show the highlight.
+    fn scroll_for(&self, page: usize) -> usize {
+        let page = page.max(1);
+        let top = self.scroll.get().min(self.selected);
+        let top = top.max((self.selected + 1).saturating_sub(page));
+        self.scroll.set(top);
+        self.page.set(page);
+        top
     }
 
     pub fn key(&mut self, k: KeyEvent) -> Action {
@@ -174,7 +222,7 @@ impl App {
                 KeyCode::Char(c) => self.filter.push(c),
                 _ => {}
             }
-            self.selected = 0;
+            self.follow_selection();
             return Action::None;
         }
         if self.profile.is_some() {
@@ -205,11 +253,12 @@ impl App {
                 self.filter.clear();
             }
             KeyCode::Esc => self.filter.clear(),
-            KeyCode::Up => self.selected = self.selected.saturating_sub(1),
-            KeyCode::Down => {
-                let n = self.rows().len();
-                self.selected = (self.selected + 1).min(n.saturating_sub(1));
-            }
+            KeyCode::Up | KeyCode::Char('k') => self.select(self.selected.saturating_sub(1)),
+            KeyCode::Down | KeyCode::Char('j') => self.select(self.selected + 1),
+            KeyCode::PageUp => self.select(self.selected.saturating_sub(self.page.get())),
+            KeyCode::PageDown => self.select(self.selected + self.page.get()),
+            KeyCode::Home => self.select(0),
+            KeyCode::End => self.select(usize::MAX),
             KeyCode::Enter => {
                 if let Some(r) = self.rows().get(self.selected) {
                     let g = r.guest.clone();
@@ -223,11 +272,13 @@ impl App {
             }
             _ => {}
         }
+        // A new sort or filter moved the rows: the highlight follows.
+        self.follow_selection();
         Action::None
     }
 }
 
-fn overview_lines(app: &App) -> Vec<Line<'static>> {
+fn overview_lines(app: &App, height: usize) -> Vec<Line<'static>> {
     let mut lines: Vec<Line> = Vec::new();
     match &app.frame {
         Some(f) => lines.extend(render::header(f).into_iter().map(Line::from)),
@@ -253,7 +304,10 @@ fn overview_lines(app: &App) -> Vec<Line<'static>> {
         Style::default().add_modifier(Modifier::REVERSED),
     ));
     let rows = app.rows();
-    for (i, r) in rows.iter().enumerate() {
+    // What is left of the pane shows the rows around the highlight.
+    let page = height.saturating_sub(lines.len());
+    let top = app.scroll_for(page);
+    for (i, r) in rows.iter().enumerate().skip(top).take(page.max(1)) {
         let l = render::row(r);
         lines.push(if i == app.selected {
             Line::styled(
@@ -298,7 +352,7 @@ pub fn draw(f: &mut ratatui::Frame, app: &App) {
     let area = f.area();
     let lines = match &app.profile {
         Some(p) => profile_lines(p),
-        None => overview_lines(app),
+        None => overview_lines(app, usize::from(area.height)),
     };
     f.render_widget(Paragraph::new(lines), area);
     if app.help {
@@ -318,8 +372,9 @@ fn keys_until(app: &mut App, term: &mut Term, deadline: Instant) -> anyhow::Resu
                     return Ok(a);
                 }
             }
-            Input::Resize => {
+            Input::Redraw => {
                 term.autoresize()?;
+                term.clear()?;
                 term.draw(|f| draw(f, app))?;
             }
         }
@@ -340,7 +395,7 @@ fn start_profile(app: &mut App, g: &Guest, syms: &SymbolArgs) -> Option<Profiler
 
 /// The live overview; `syms` name the functions of the profile Enter opens.
 pub fn run(cfg: &Config, args: &BatchArgs, syms: &SymbolArgs, sample: bool) -> anyhow::Result<()> {
-    let delay = args.delay()?;
+    let delay = args.delay();
     let (_guard, mut term) = term::terminal()?;
     let mut app = App::new();
     let mut sampler = HeaderSampler::with(sample);
@@ -399,7 +454,7 @@ pub fn run_profile(
     args: &BatchArgs,
 ) -> anyhow::Result<()> {
     let _ = cfg;
-    let delay = args.delay()?;
+    let delay = args.delay();
     let mut p = Profiler::start(&g, syms)?;
     let (_guard, mut term) = term::terminal()?;
     let mut app = App::new();
@@ -449,6 +504,9 @@ mod tests {
             exits_per_s: None,
             halt_poll_ratio: None,
             memory_bytes: Some(64 << 20),
+            memory_source: Some("guest"),
+            state: Some('S'),
+            command: Some("qemu".into()),
             stats_source: None,
             exits_source: None,
             halt_poll_source: None,
@@ -553,6 +611,79 @@ mod tests {
         assert_eq!(s[2], "cannot profile: no vCPU threads");
         assert_eq!(press(&mut app, KeyCode::Char('q')), Action::CloseProfile);
         assert!(screen(&app, 80, 8)[0].starts_with("kvmtop - "));
+    }
+
+    #[test]
+    fn the_selection_follows_the_guest_through_re_sorts() {
+        let mut app = App::new();
+        app.set_frame(frame_of(vec![
+            row("a", 101, 30.0),
+            row("b", 102, 20.0),
+            row("c", 103, 10.0),
+        ]));
+        press(&mut app, KeyCode::Down);
+        assert_eq!(app.rows()[app.selected].pid, 102);
+        // b becomes the busiest: the highlight moves with it.
+        app.set_frame(frame_of(vec![
+            row("a", 101, 30.0),
+            row("b", 102, 90.0),
+            row("c", 103, 10.0),
+        ]));
+        assert_eq!((app.selected, app.rows()[app.selected].pid), (0, 102));
+        let s = screen(&app, 110, 12);
+        assert!(s[5].starts_with("b "), "{s:#?}");
+        // Another sort: still b.
+        press(&mut app, KeyCode::Char('I'));
+        assert_eq!((app.selected, app.rows()[app.selected].pid), (1, 102));
+        // b goes: the guest now at its place is selected.
+        app.set_frame(frame_of(vec![row("a", 101, 30.0), row("c", 103, 10.0)]));
+        assert_eq!(app.rows()[app.selected].pid, 103);
+        match press(&mut app, KeyCode::Enter) {
+            Action::OpenProfile(g) => assert_eq!(g.pid, 103),
+            a => panic!("{a:?}"),
+        }
+    }
+
+    #[test]
+    fn a_long_list_scrolls_with_the_highlight() {
+        let mut app = App::new();
+        let rows = |n: u32| {
+            (1..=n)
+                .map(|i| row(&format!("g{i:02}"), 100 + i, f64::from(100 - i)))
+                .collect()
+        };
+        app.set_frame(frame_of(rows(18)));
+        // 12 lines: 5 of header, 7 rows.
+        let visible = |app: &App| -> Vec<String> {
+            screen(app, 110, 12)[5..]
+                .iter()
+                .map(|l| l.split(' ').next().unwrap_or("").to_string())
+                .collect()
+        };
+        assert_eq!(visible(&app).first().map(String::as_str), Some("g01"));
+        press(&mut app, KeyCode::End);
+        assert_eq!(visible(&app).last().map(String::as_str), Some("g18"));
+        match press(&mut app, KeyCode::Enter) {
+            Action::OpenProfile(g) => assert_eq!(g.pid, 118),
+            a => panic!("{a:?}"),
+        }
+        press(&mut app, KeyCode::Char('q'));
+        press(&mut app, KeyCode::PageUp);
+        assert_eq!(app.selected, 17 - 7);
+        assert!(
+            visible(&app).contains(&"g11".to_string()),
+            "{:?}",
+            visible(&app)
+        );
+        press(&mut app, KeyCode::Home);
+        assert_eq!(visible(&app).first().map(String::as_str), Some("g01"));
+        for _ in 0..9 {
+            press(&mut app, KeyCode::Down);
+        }
+        let v = visible(&app);
+        assert_eq!(v.last().map(String::as_str), Some("g10"), "{v:?}");
+        press(&mut app, KeyCode::PageDown);
+        assert_eq!(app.selected, 16);
     }
 
     #[test]

@@ -117,6 +117,18 @@ impl Tmux {
         );
     }
 
+    /// The pid of kvmtop: the one child of the pane's shell.
+    fn kvmtop_pid(&self) -> u32 {
+        let sh = self.format("#{pane_pid}");
+        let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children"))
+            .unwrap_or_else(|e| panic!("children of the pane's shell {sh}: {e}"));
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the pane's shell {sh} runs no child: {children:?}"))
+    }
+
     /// A tmux format of the pane, e.g. `#{alternate_on}`.
     fn format(&self, f: &str) -> String {
         let o = self.run(&["display-message", "-p", "-t", SESSION, f]);
@@ -155,14 +167,19 @@ impl Tmux {
 
     /// After `q`: kvmtop exited 0 and left the terminal as it found it.
     fn assert_quit_cleanly(&self) {
+        self.assert_ended_cleanly(0);
+    }
+
+    /// kvmtop exited with `status` and left the terminal as it found it.
+    fn assert_ended_cleanly(&self, status: i32) {
         let s = self.poll(
-            "kvmtop to exit after q and the wrapper to report",
+            "kvmtop to exit and the wrapper to report",
             |s| s.lines().any(|l| l.starts_with("tty:")),
             false,
         );
         assert!(
-            s.contains(&format!("{EXITED}0")),
-            "kvmtop did not exit with status 0:\n{s}"
+            s.contains(&format!("{EXITED}{status}")),
+            "kvmtop did not exit with status {status}:\n{s}"
         );
         // The alternate screen is left: kvmtop's frames are gone, only the
         // wrapper's lines remain, and tmux says so.
@@ -405,6 +422,66 @@ fn live_view_keys_profile_vanished_guest_resize_and_quit_in_tmux() {
     t.type_text("q");
     t.assert_quit_cleanly();
     drop(fb);
+}
+
+#[test]
+fn selection_follows_the_guest_and_sigterm_restores_the_terminal_in_tmux() {
+    let test = "selection_follows_the_guest_and_sigterm_restores_the_terminal_in_tmux";
+    if !kvm_usable(test) || !tmux_present(test) {
+        return;
+    }
+    // An idle guest and a busy one: by %CPU the busy one comes first.
+    let idle = Fixture::start(&["selidle"], 0);
+    let busy = Fixture::start(&["selbusy"], 90);
+    let (pi, pb) = (idle.lines[0].pid, busy.lines[0].pid);
+    let t = Tmux::start("select", 140, 40, &shell_line(&["-d", "0.5"]));
+    t.wait_for("both guests' rows", |s| has_row(s, pi) && has_row(s, pb));
+    t.type_text("I");
+    let s = t.wait_for("rows sorted by pid", |s| {
+        status_line(s).starts_with("sort: PID ") && pids_in_order(s, pi, pb).is_some()
+    });
+    // Other tests' guests may be listed too: select the busy guest by its
+    // place in the pid order, then sort by %CPU (where it moves up) and let
+    // frames pass: the highlight stays on it wherever its row goes.
+    let by_pid: Vec<u32> = rows(&s).into_iter().map(|(p, _)| p).collect();
+    let at = by_pid.iter().position(|&p| p == pb).unwrap_or(0);
+    for _ in 0..at {
+        t.press("Down");
+    }
+    t.type_text("P");
+    let s = t.wait_for(
+        "rows sorted by %CPU, the busy guest above the idle one",
+        |s| {
+            status_line(s).starts_with("sort: %CPU")
+                && pids_in_order(s, pb, pi).is_some_and(|v| {
+                    v.iter().position(|&p| p == pb) < v.iter().position(|&p| p == pi)
+                })
+        },
+    );
+    let first = s.lines().next().unwrap_or("").to_string();
+    t.wait_for("more frames", |s| s.lines().next() != Some(&first));
+    t.press("Enter");
+    let s = t.wait_for("the selected guest's profile", |s| {
+        s.starts_with("kvmtop profile - guest ")
+    });
+    let name = &busy.lines[0].name;
+    let title = s.lines().next().unwrap_or("");
+    assert!(
+        title.contains(name.as_str()) || title.contains(&format!("pid{pb}")),
+        "Enter profiled another guest than the one selected ({name}, pid {pb}):\n{s}"
+    );
+    t.type_text("q");
+    t.wait_for("the overview again", |s| s.starts_with("kvmtop - "));
+    // SIGTERM: the terminal is given back (cooked, echoing, the normal
+    // screen) and the exit status says the signal, as a shell expects.
+    let pid = t.kvmtop_pid();
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -TERM {pid} failed");
+    t.assert_ended_cleanly(128 + 15);
+    drop((idle, busy));
 }
 
 /// Write `value` to a fake debugfs counter file at once (no torn reads).
