@@ -7,8 +7,8 @@
 # poller that only preads the same files), the interval it keeps, its
 # system calls per guest and refresh (strace -f -c), the listing of
 # .list against the fd scan, and the exits kvmtop adds to running guests.
-# Three runs: 100 idle guests (and the exits), 100 guests busy 1%, 1,000
-# idle guests (the test VM needs about 6 GiB for them: KVMREG_MEMORY).
+# Three runs: 100 idle guests (15 rounds, and the exits), 100 guests busy
+# 1%, 1,000 idle guests (the test VM needs about 6 GiB for them: KVMREG_MEMORY).
 #
 # $1: directory of the project's (release) binaries; $2 "exits": the
 # exits measurement alone (`cargo xtask run bench-exits`, e.g. with
@@ -42,7 +42,7 @@ if [ "$2" = exits ]; then
 	exit 0
 fi
 bench "100 idle guests, and the exits kvmtop adds" \
-	--guests 100 --busy 0 --exits-guests 3 --exits-busy 50
+	--guests 100 --busy 0 --rounds 15 --exits-guests 3 --exits-busy 50
 bench "100 guests busy 1%" --guests 100 --busy 1 --rounds 7
 bench "1000 idle guests" --guests 1000 --busy 0 --rounds 5 --refreshes 6 \
 	--list-rounds 7

@@ -229,9 +229,9 @@ pub fn guest_stats(cfg: &Config, g: &Guest) -> Result<(Source, Stats), stats_fd:
             return Ok((Source::ProcKvm, stats::read_values(&l, &mut f)?));
         }
     }
-    let fd = g.vm_fd.ok_or(stats_fd::StatsFdError::Unsupported(
-        "a known VM fd for this guest",
-    ))?;
+    let fd = g.vm_fd.ok_or(stats_fd::StatsFdError::NoVmFd {
+        hidden: g.details_hidden,
+    })?;
     let (mut f, l) = stats_fd::open(g.pid, fd, fd_scan::KvmFd::Vm)?;
     Ok((Source::StatsFd, stats::read_values(&l, &mut f)?))
 }
@@ -321,7 +321,17 @@ pub fn guest_counters_of(
             return Ok(from_debugfs(c));
         }
     }
-    guest_stats(cfg, g).map(from_stats)
+    let mut c = guest_stats(cfg, g).map(from_stats)?;
+    // The VM's stats hold no vCPU counters: say what would give them.
+    c.notes.push(if cfg.debugfs_root.join("kvm").is_dir() {
+        "no vCPU counters (exits, halt polling): debugfs has no directory for this VM that kvmtop can read (it needs root)".into()
+    } else {
+        format!(
+            "no vCPU counters (exits, halt polling): on this kernel they are in debugfs, which is not mounted at {} (as root: mount -t debugfs none /sys/kernel/debug)",
+            cfg.debugfs_root.display()
+        )
+    });
+    Ok(c)
 }
 
 /// Add the vCPU counters (`exits`, `halt_*`, ...), summed over the vCPUs,

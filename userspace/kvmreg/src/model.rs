@@ -148,6 +148,15 @@ impl Guest {
         (self.pid, self.id, self.vm_fd)
     }
 
+    /// The number of vCPUs, where it is known: `None` when the VMM's
+    /// details are hidden from the caller, or when no backend could count
+    /// them (several VMs in one process on a kernel without the registry),
+    /// rather than a false 0.
+    pub fn vcpu_count(&self) -> Option<usize> {
+        (!self.details_hidden && (self.provenance.vcpus.is_some() || !self.vcpus.is_empty()))
+            .then_some(self.vcpus.len())
+    }
+
     /// A guest known only by its owner pid.
     pub fn new(pid: u32) -> Self {
         Guest {

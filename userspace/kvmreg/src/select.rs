@@ -16,12 +16,19 @@ pub struct Candidate {
     pub label: String,
     pub id: Option<u64>,
     pub pid: u32,
+    /// The VM's fd in its owner, where known: without an id (kernels
+    /// without the registry) `PID:FD` tells a process' VMs apart.
+    pub vm_fd: Option<i32>,
 }
 
 impl fmt::Display for Candidate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let id = self.id.map_or("-".to_string(), |i| i.to_string());
-        write!(f, "  name {:<20} id {id:<6} pid {}", self.label, self.pid)
+        write!(f, "  name {:<20} id {id:<6} pid {}", self.label, self.pid)?;
+        match (self.id, self.vm_fd) {
+            (None, Some(fd)) => write!(f, "  (-g {}:{fd})", self.pid),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -33,14 +40,14 @@ fn list(c: &[Candidate]) -> String {
 pub enum SelectError {
     #[error("no KVM guests found (or none visible to this user)")]
     NoGuests,
-    #[error("{} guests running; pick one with -g NAME, a pid or an id:{}", .0.len(), list(.0))]
+    #[error("{} guests running; pick one with -g NAME, an id, a pid or PID:FD:{}", .0.len(), list(.0))]
     Ambiguous(Vec<Candidate>),
     #[error("no guest matches '{wanted}'; the guests are:{}", list(.candidates))]
     NotFound {
         wanted: String,
         candidates: Vec<Candidate>,
     },
-    #[error("'{wanted}' matches {} guests; pass one of their ids instead:{}", .matches.len(), list(.matches))]
+    #[error("'{wanted}' matches {} guests; pass one of their ids (or PID:FD) instead:{}", .matches.len(), list(.matches))]
     Matches {
         wanted: String,
         matches: Vec<Candidate>,
@@ -52,6 +59,7 @@ fn candidate(g: &Guest, viewer_uid: u32) -> Candidate {
         label: g.label_for(viewer_uid),
         id: g.id,
         pid: g.pid,
+        vm_fd: g.vm_fd,
     }
 }
 
@@ -62,8 +70,9 @@ pub fn select<'a>(guests: &'a [Guest], wanted: Option<&str>) -> Result<&'a Guest
 
 /// Select one guest for `viewer_uid`. `wanted` is a kernel name as the
 /// viewer sees it (its own guests' plain names, `<name>@<uid>` for other
-/// users'), then an id, then a pid, then (only if nothing else matched)
-/// an unverified qemu `-name` hint.
+/// users'), then `PID:FD` (the VM fd in its owner: one of a process' VMs
+/// on a kernel without ids), then an id, then a pid, then (only if nothing
+/// else matched) an unverified qemu `-name` hint.
 pub fn select_as<'a>(
     guests: &'a [Guest],
     wanted: Option<&str>,
@@ -79,11 +88,15 @@ pub fn select_as<'a>(
         };
     };
     let num: Option<u64> = w.parse().ok();
-    let tiers: [&dyn Fn(&Guest) -> bool; 4] = [
+    let pid_fd: Option<(u32, i32)> = w
+        .split_once(':')
+        .and_then(|(p, f)| Some((p.parse().ok()?, f.parse().ok()?)));
+    let tiers: [&dyn Fn(&Guest) -> bool; 5] = [
         &|g| {
             g.name.as_ref().is_some_and(GuestName::is_kernel)
                 && g.qualified_name(viewer_uid).as_deref() == Some(w)
         },
+        &|g| pid_fd.is_some_and(|(p, f)| g.pid == p && g.vm_fd == Some(f)),
         &|g| num.is_some() && g.id == num,
         &|g| num.is_some_and(|n| u64::from(g.pid) == n),
         &|g| matches!(&g.name, Some(GuestName::CmdlineHint(n)) if n == w),
@@ -159,6 +172,35 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("no guest matches 'nope'"));
         assert!(msg.contains("batch? (qemu -name, unverified)"), "{msg}");
+    }
+
+    #[test]
+    fn a_process_vms_without_ids_by_pid_and_fd() {
+        // A kernel without the registry: three VMs of one process, told
+        // apart by their fds only.
+        let gs: Vec<Guest> = [4, 9, 11]
+            .iter()
+            .map(|&fd| {
+                let mut x = g(None, None, 500);
+                x.vm_fd = Some(fd);
+                x
+            })
+            .collect();
+        let e = select(&gs, Some("500")).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("(or PID:FD)") && msg.contains("(-g 500:9)"),
+            "{msg}"
+        );
+        assert_eq!(select(&gs, Some("500:9")).unwrap().vm_fd, Some(9));
+        assert!(matches!(
+            select(&gs, Some("500:5")),
+            Err(SelectError::NotFound { .. })
+        ));
+        assert!(select(&gs, None)
+            .unwrap_err()
+            .to_string()
+            .contains("PID:FD"));
     }
 
     #[test]

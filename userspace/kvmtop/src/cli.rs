@@ -151,11 +151,9 @@ pub enum Command {
         #[arg(long, hide = true)]
         max_requests: Option<u64>,
     },
-    /// Write the man page (roff) to stdout.
-    #[command(hide = true)]
+    /// Write the man page (roff) to stdout, e.g. `kvmtop man | man -l -`.
     Man,
-    /// Write shell completions to stdout.
-    #[command(hide = true)]
+    /// Write shell completions to stdout, e.g. `kvmtop completions bash > /etc/bash_completion.d/kvmtop`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
@@ -165,7 +163,7 @@ pub enum Command {
 /// Which guest: with one guest running, none is needed.
 #[derive(Args, Debug, Clone)]
 pub struct GuestArg {
-    /// The guest: its name, id or owner pid (optional with one guest).
+    /// The guest: its name, PID:FD, id or owner pid (optional with one guest).
     #[arg(short = 'g', long = "guest", value_name = "GUEST")]
     pub guest: Option<String>,
 }

@@ -135,7 +135,8 @@ pub struct Row {
     pub name_verified: bool,
     pub id: Option<u64>,
     pub pid: u32,
-    pub vcpus: usize,
+    /// `null` when unknown: hidden, or not countable on this kernel.
+    pub vcpus: Option<usize>,
     /// CPU in percent of one host CPU (can pass 100 with several vCPUs),
     /// `None` when the threads could not be read.
     pub cpu_pct: Option<f64>,
@@ -178,7 +179,8 @@ pub struct Row {
 }
 
 impl Row {
-    /// The label the views show: the name (a hint marked `?`), else `pid N`.
+    /// The label the views show: the name (a hint marked `?`), else
+    /// `pidN`, or `pidN:FD` for a VM without an id whose fd is known.
     pub fn label(&self) -> String {
         let mut s = String::new();
         self.label_into(&mut s);
@@ -195,8 +197,13 @@ impl Row {
                     out.push('?');
                 }
             }
+            // Without an id, the VM fd tells a process' VMs apart (and
+            // `-g PID:FD` picks one).
             None => {
-                let _ = write!(out, "pid{}", self.pid);
+                let _ = match (self.id, self.guest.vm_fd) {
+                    (None, Some(fd)) => write!(out, "pid{}:{fd}", self.pid),
+                    _ => write!(out, "pid{}", self.pid),
+                };
             }
         }
     }
@@ -294,7 +301,7 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         name_verified: g.name.as_ref().is_some_and(|n| n.is_kernel()),
         id: g.id,
         pid: g.pid,
-        vcpus: g.vcpus.len(),
+        vcpus: g.vcpu_count(),
         cpu_pct: p.map(|p| p.0),
         guest_pct: p.map(|p| p.1),
         host_system_pct: p.map(|p| p.2),

@@ -18,7 +18,8 @@ pub struct Entry {
     pub id: Option<u64>,
     pub pid: u32,
     pub uid: Option<u32>,
-    pub vcpus: usize,
+    /// `null` when unknown (see the footnote the table prints).
+    pub vcpus: Option<usize>,
     /// The vCPU threads (`null` for unknown ones); `null` when not read:
     /// the fast listing (`/proc/kvm/.list`) has only the count, `--all`
     /// reads them.
@@ -89,7 +90,7 @@ pub fn entry(proc: &ProcRoot, g: &Guest, tids: bool) -> Entry {
         id: g.id,
         pid: g.pid,
         uid: g.uid,
-        vcpus: g.vcpus.len(),
+        vcpus: g.vcpu_count(),
         vcpu_tids: tids.then(|| g.vcpus.iter().map(|v| v.tid).collect()),
         memory_bytes: g.memory_bytes,
         age_s,
@@ -128,11 +129,7 @@ pub fn table(entries: &[Entry]) -> String {
             e.id.map_or("-".into(), |i| i.to_string()),
             e.pid,
             e.uid.map_or("-".into(), |u| u.to_string()),
-            if e.details_hidden {
-                "?".into()
-            } else {
-                e.vcpus.to_string()
-            },
+            e.vcpus.map_or("-".into(), |n| n.to_string()),
             render::bytes(e.memory_bytes),
             age,
             if sources.is_empty() {
@@ -155,7 +152,11 @@ pub fn table(entries: &[Entry]) -> String {
     }
     if entries.iter().any(|e| e.details_hidden) {
         out.push_str(
-            "VCPUS ? = details hidden: no ptrace rights over the VMM (run as its user or root)\n",
+            "VCPUS - = details hidden: no ptrace rights over the VMM (run as its user or root)\n",
+        );
+    } else if entries.iter().any(|e| e.vcpus.is_none()) {
+        out.push_str(
+            "VCPUS - = not counted: this kernel cannot tell which vCPUs belong to which of a process' VMs\n",
         );
     }
     out

@@ -232,7 +232,10 @@ pub fn row_into(out: &mut String, r: &Row) {
     out.push(' ');
     out.push(r.state.unwrap_or('-'));
     out.push(' ');
-    uint(out, r.vcpus as u64, 5);
+    match r.vcpus {
+        Some(n) => uint(out, n as u64, 5),
+        None => out.push_str("    -"),
+    }
     for (v, w) in [
         (r.cpu_pct, 6),
         (r.guest_pct, 6),
@@ -355,7 +358,7 @@ mod tests {
             name_verified: false,
             id: Some(7),
             pid: 4242,
-            vcpus: 2,
+            vcpus: Some(2),
             cpu_pct: Some(150.0),
             guest_pct: Some(100.0),
             host_system_pct: Some(45.0),

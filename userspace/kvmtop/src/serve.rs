@@ -2,14 +2,32 @@
 //! format over plain HTTP. Metrics are cumulative counters and gauges read
 //! at scrape time, so the server keeps no state and Prometheus computes
 //! the rates.
+//!
+//! The HTTP side is hyper's (HTTP/1.1, keep-alive, `HEAD`) on a
+//! single-threaded tokio runtime: connections are served concurrently,
+//! each within the limits below, so a slow or idle client cannot stall a
+//! scrape, and no request can make the server buffer more than 16 KiB.
+//! The exposition text is written here (the families are few and fixed).
 
 use crate::frame::{self, Reading};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use kvmreg::cpu::{self, CpuSnapshot};
 use kvmreg::{Config, Guest};
+use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
 
 /// Escape a label value (backslash, quote, newline).
 pub fn escape(v: &str) -> String {
@@ -84,8 +102,12 @@ pub fn exposition(r: &Reading, openmetrics: bool) -> String {
         );
     }
     family(&mut o, "kvmtop_guest_vcpus", "gauge", "vCPUs of the guest.");
+    // Only where counted: a hidden or uncountable guest has no sample
+    // rather than a false 0.
     for g in &r.guests {
-        let _ = writeln!(o, "kvmtop_guest_vcpus{{{}}} {}", labels(g), g.vcpus.len());
+        if let Some(n) = g.vcpu_count() {
+            let _ = writeln!(o, "kvmtop_guest_vcpus{{{}}} {n}", labels(g));
+        }
     }
     family(
         &mut o,
@@ -168,80 +190,184 @@ pub fn exposition(r: &Reading, openmetrics: bool) -> String {
     o
 }
 
-fn answer(s: &mut TcpStream, reader: &mut frame::Reader) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut first = String::new();
-    r.read_line(&mut first)?;
-    let mut openmetrics = false;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-        let l = h.to_ascii_lowercase();
-        if l.starts_with("accept:") && l.contains("application/openmetrics-text") {
-            openmetrics = true;
-        }
+/// Limits of the server: what one client can hold or make it buffer.
+/// Headers (and a request line) larger than this are refused with 431 and
+/// the connection closed; nothing larger is ever buffered.
+const MAX_REQUEST_BYTES: usize = 16 << 10;
+/// A request's headers must arrive within this (a client dribbling a byte
+/// at a time is cut off), and a connection lives at most this long, idle
+/// or not.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+
+/// What the connections share: the reader (one scrape reads at a time),
+/// and the count of answers for `--max-requests`.
+struct State {
+    reader: Mutex<frame::Reader>,
+    served: AtomicU64,
+    max: Option<u64>,
+    done: Notify,
+}
+
+type Body = Full<Bytes>;
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from(text.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Answer one request. `GET` and `HEAD` of `/metrics` (query strings are
+/// ignored) and `/`; anything else says what exists.
+async fn answer(req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
+    let r = respond(&req, &st).await;
+    let n = st.served.fetch_add(1, Ordering::Relaxed) + 1;
+    if st.max.is_some_and(|m| n >= m) {
+        st.done.notify_one();
     }
-    let path = first.split_whitespace().nth(1).unwrap_or("");
-    let (status, ctype, body) = match (first.split_whitespace().next(), path) {
-        (Some("GET"), "/metrics") => {
-            let reading = reader.read();
-            let ct = if openmetrics {
-                "application/openmetrics-text; version=1.0.0; charset=utf-8"
-            } else {
-                "text/plain; version=0.0.4; charset=utf-8"
-            };
-            ("200 OK", ct, exposition(&reading, openmetrics))
+    r
+}
+
+async fn respond(req: &Request<Incoming>, st: &Arc<State>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD: try GET /metrics\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let openmetrics = req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("application/openmetrics-text"));
+            // Reading /proc blocks: off the thread that serves connections.
+            let st = Arc::clone(st);
+            let body = tokio::task::spawn_blocking(move || {
+                let mut reader = st.reader.lock().unwrap_or_else(PoisonError::into_inner);
+                exposition(&reader.read(), openmetrics)
+            })
+            .await;
+            match body {
+                Ok(body) => {
+                    let mut r = Response::new(Body::new(Bytes::from(body)));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(if openmetrics {
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                        } else {
+                            "text/plain; version=0.0.4; charset=utf-8"
+                        }),
+                    );
+                    r
+                }
+                Err(e) => {
+                    eprintln!("kvmtop: reading the metrics failed: {e}");
+                    plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "reading the metrics failed (see kvmtop's log)\n",
+                    )
+                }
+            }
         }
-        (Some("GET"), "/") => (
-            "200 OK",
-            "text/plain",
-            "kvmtop: metrics at /metrics\n".into(),
+        "/" => plain(StatusCode::OK, "kvmtop: metrics at /metrics\n"),
+        _ => plain(StatusCode::NOT_FOUND, "not found: try GET /metrics\n"),
+    }
+}
+
+/// Serve one connection within the limits; what went wrong is logged with
+/// the peer, in words.
+async fn connection(stream: TcpStream, peer: SocketAddr, st: Arc<State>) {
+    let svc = service_fn(move |req| {
+        let st = Arc::clone(&st);
+        async move { Ok::<_, Infallible>(answer(req, st).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_BYTES)
+        .serve_connection(TokioIo::new(stream), svc);
+    match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_timeout() => eprintln!(
+            "kvmtop: metrics client {peer}: no complete request within {} s: closed",
+            HEADER_TIMEOUT.as_secs()
         ),
-        _ => (
-            "404 Not Found",
-            "text/plain",
-            "not found: try GET /metrics\n".into(),
+        Ok(Err(e)) if e.is_parse_too_large() => eprintln!(
+            "kvmtop: metrics client {peer}: request larger than {} KiB: refused",
+            MAX_REQUEST_BYTES >> 10
         ),
-    };
-    write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    s.flush()
+        Ok(Err(e)) => eprintln!("kvmtop: metrics client {peer}: {e}"),
+        Err(_) => eprintln!(
+            "kvmtop: metrics client {peer}: connection open for {} s: closed",
+            CONNECTION_LIFETIME.as_secs()
+        ),
+    }
+}
+
+async fn serve(l: TcpListener, st: Arc<State>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = st.done.notified() => break,
+            a = async {
+                let permit = Arc::clone(&slots).acquire_owned().await;
+                (permit, l.accept().await)
+            } => a,
+        };
+        match accepted {
+            (Ok(permit), Ok((stream, peer))) => {
+                let st = Arc::clone(&st);
+                conns.spawn(async move {
+                    connection(stream, peer, st).await;
+                    drop(permit);
+                });
+            }
+            (_, Err(e)) => eprintln!("kvmtop: accepting a metrics connection failed: {e}"),
+            (Err(_), _) => break,
+        }
+        while conns.try_join_next().is_some() {}
+    }
+    // `--max-requests`: the answers in flight are sent before exiting.
+    while conns.join_next().await.is_some() {}
 }
 
 pub fn run(cfg: &Config, listen: &str, max: Option<u64>) -> anyhow::Result<()> {
-    let l = TcpListener::bind(listen).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {listen}: {e} (pick a free address, e.g. --listen 127.0.0.1:9469)"
-        )
-    })?;
-    eprintln!(
-        "kvmtop: serving metrics on http://{}/metrics",
-        l.local_addr()?
-    );
-    let mut reader = frame::Reader::new(cfg);
-    let mut served = 0u64;
-    for conn in l.incoming() {
-        match conn {
-            Ok(mut s) => {
-                if let Err(e) = answer(&mut s, &mut reader) {
-                    eprintln!("kvmtop: a metrics request failed: {e}");
-                }
-                served += 1;
-                if max.is_some_and(|m| served >= m) {
-                    break;
-                }
-            }
-            Err(e) => eprintln!("kvmtop: accept failed: {e}"),
-        }
-    }
-    Ok(())
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    rt.block_on(async {
+        let l = TcpListener::bind(listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {listen}: {e} (pick a free address, e.g. --listen 127.0.0.1:9469)"
+            )
+        })?;
+        eprintln!(
+            "kvmtop: serving metrics on http://{}/metrics",
+            l.local_addr()?
+        );
+        let st = Arc::new(State {
+            reader: Mutex::new(frame::Reader::new(cfg)),
+            served: AtomicU64::new(0),
+            max,
+            done: Notify::new(),
+        });
+        serve(l, st).await;
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -257,9 +383,13 @@ mod tests {
         g.name = Some(GuestName::Kernel("web".into()));
         g.id = Some(3);
         g.memory_bytes = Some(1 << 20);
+        g.provenance.vcpus = Some(kvmreg::Source::ProcKvm);
+        // Another whose vCPUs could not be counted: no sample, not a 0.
+        let mut hidden = Guest::new(43);
+        hidden.details_hidden = true;
         let r = Reading {
             at: Instant::now(),
-            guests: vec![g.into()],
+            guests: vec![g.into(), hidden.into()],
             backends: vec![],
             cpu: Default::default(),
             counters: Default::default(),
@@ -276,6 +406,10 @@ mod tests {
         );
         assert!(
             t.contains("kvmtop_guest_stats_readable{name=\"web\",id=\"3\",pid=\"42\"} 0"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("kvmtop_guest_vcpus{name=\"\",id=\"\",pid=\"43\"}"),
             "{t}"
         );
         assert!(!t.contains("# EOF"));

@@ -45,7 +45,42 @@ fn signals() -> anyhow::Result<&'static Signals> {
     }
     signal_hook::flag::register_usize(SIGTSTP, Arc::clone(&s.stop), 1)?;
     signal_hook::flag::register_usize(SIGCONT, Arc::clone(&s.cont), 1)?;
-    Ok(SIGNALS.get_or_init(|| s))
+    let s = SIGNALS.get_or_init(|| s);
+    watchdog(Arc::clone(&s.end));
+    Ok(s)
+}
+
+/// crossterm 0.28 reads a terminal that hung up in a loop that never
+/// returns (end-of-file for ever: crossterm-rs/crossterm#793), so a view
+/// waiting for keys there would never see the flags above. This thread
+/// ends the process in that case: at once when the terminal hung up
+/// (there is nothing left to restore), and when an ending signal has not
+/// been taken by the view within a second (the terminal restored first).
+fn watchdog(end: Arc<AtomicUsize>) {
+    let spawned = std::thread::Builder::new()
+        .name("kvmtop-watchdog".into())
+        .spawn(move || {
+            let mut pending: Option<Instant> = None;
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                if hung_up() {
+                    std::process::exit(128 + libc::SIGHUP);
+                }
+                let sig = end.load(Ordering::Relaxed);
+                match (sig, pending) {
+                    (0, _) => pending = None,
+                    (_, None) => pending = Some(Instant::now()),
+                    (sig, Some(at)) if at.elapsed() > Duration::from_secs(1) => {
+                        restore();
+                        std::process::exit(128 + sig as i32);
+                    }
+                    _ => {}
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("kvmtop: no watchdog thread ({e}): a closed terminal may leave kvmtop running");
+    }
 }
 
 /// Leave the alternate screen and raw mode (errors ignored: this runs on
@@ -145,6 +180,9 @@ pub fn next_input(deadline: Instant) -> anyhow::Result<Input> {
             take_over()?;
             return Ok(Input::Redraw);
         }
+        if hung_up() {
+            return Err(Terminated(libc::SIGHUP).into());
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(Input::Timeout);
@@ -164,6 +202,22 @@ pub fn next_input(deadline: Instant) -> anyhow::Result<Input> {
             }
         }
     }
+}
+
+/// The terminal hung up (its window, or the tmux server, went away):
+/// reading it then gives end-of-file for ever, which crossterm's read
+/// would spin through without returning, so it is checked first. (The
+/// kernel's `SIGHUP` comes too, but it only sets a flag now.)
+fn hung_up() -> bool {
+    let mut fds = [libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: poll reads and writes the one pollfd passed, and returns at
+    // once (timeout 0).
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+    n > 0 && fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Give the terminal back and stop, as a shell's job control expects;

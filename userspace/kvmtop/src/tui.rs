@@ -92,20 +92,31 @@ impl Default for App {
     }
 }
 
-const HELP: &[&str] = &[
-    "kvmtop keys",
-    "",
-    "  q          quit (in a profile: back to the overview)",
-    "  ?  h       this help (any key closes it)",
-    "  Up Down    select a guest (also k j); the selection follows it",
-    "  PgUp PgDn  a page up or down; Home End: first or last guest",
-    "  Enter      profile the selected guest",
-    "  Esc        back / clear the filter",
-    "  s          next sort column",
-    "  P N I X M  sort by %CPU, name, pid, exits/s, memory",
-    "  r          reverse the sort",
-    "  /          filter by name, pid or id (Enter ends input)",
+/// The keys of the overview: its help box and the man page's KEYS
+/// section are made from this one list.
+pub const KEYS: &[(&str, &str)] = &[
+    ("q", "quit (in a profile: back to the overview)"),
+    ("? h", "this help (any key closes it)"),
+    (
+        "Up Down",
+        "select a guest (also k j); the selection follows it",
+    ),
+    ("PgUp PgDn", "a page up or down"),
+    ("Home End", "the first or the last guest"),
+    ("Enter", "profile the selected guest"),
+    ("Esc", "back / clear the filter"),
+    ("s", "next sort column"),
+    ("P N I X M", "sort by %CPU, name, pid, exits/s, memory"),
+    ("r", "reverse the sort"),
+    ("/", "filter by name, pid or id (Enter ends input)"),
+    ("Ctrl-Z", "suspend (the shell's fg resumes)"),
 ];
+
+fn help_lines() -> Vec<String> {
+    let mut v = vec!["kvmtop keys".to_string(), String::new()];
+    v.extend(KEYS.iter().map(|(k, what)| format!("  {k:<10} {what}")));
+    v
+}
 
 impl App {
     pub fn new() -> Self {
@@ -356,7 +367,8 @@ pub fn draw(f: &mut ratatui::Frame, app: &App) {
     };
     f.render_widget(Paragraph::new(lines), area);
     if app.help {
-        term::help_box(f, HELP);
+        let lines = help_lines();
+        term::help_box(f, &lines.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }
 
@@ -495,7 +507,7 @@ mod tests {
             name_verified: true,
             id: Some(u64::from(pid) - 100),
             pid,
-            vcpus: 2,
+            vcpus: Some(2),
             cpu_pct: Some(cpu),
             guest_pct: Some(cpu / 2.0),
             host_system_pct: Some(cpu / 2.0),

@@ -484,6 +484,36 @@ fn selection_follows_the_guest_and_sigterm_restores_the_terminal_in_tmux() {
     drop((idle, busy));
 }
 
+#[test]
+fn a_closed_terminal_ends_kvmtop_in_tmux() {
+    let test = "a_closed_terminal_ends_kvmtop_in_tmux";
+    if !kvm_usable(test) || !tmux_present(test) {
+        return;
+    }
+    let fx = Fixture::start(&["hup"], 0);
+    let t = Tmux::start("hangup", 140, 40, &shell_line(&["-d", "0.5"]));
+    t.wait_for("the guest's row", |s| has_row(s, fx.lines[0].pid));
+    let pid = t.kvmtop_pid();
+    // The terminal goes away under kvmtop (the window closed): it must end,
+    // not spin on a terminal that only gives end-of-file.
+    drop(t);
+    let start = Instant::now();
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+            .unwrap_or(false)
+    };
+    while running() {
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("kvmtop {pid} still runs 5 s after its terminal closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(fx);
+}
+
 /// Write `value` to a fake debugfs counter file at once (no torn reads).
 fn write_counter(dir: &Path, name: &str, value: u64) {
     let tmp = dir.join(format!(".{name}.tmp"));

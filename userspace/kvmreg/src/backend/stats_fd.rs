@@ -39,6 +39,13 @@ pub enum StatsFdError {
     ForeignProcess,
     #[error("this kernel lacks {0}")]
     Unsupported(&'static str),
+    /// The guest's VM fd is not known, so there is nothing to take.
+    #[error("{}", if *hidden {
+        "the VMM's fds are hidden from this user (no ptrace rights over it): its KVM stats need its user or root, or the registry's /proc/<pid>/kvm"
+    } else {
+        "no VM fd is known for this guest (several VMs in one process, on a kernel without the registry): its KVM stats need debugfs (mount -t debugfs none /sys/kernel/debug, as root) or the registry"
+    })]
+    NoVmFd { hidden: bool },
     #[error("{0}")]
     Stats(#[from] StatsError),
     #[error("{0}")]

@@ -32,6 +32,8 @@ pub enum PerfError {
     Gone(u32),
     #[error("no vCPU threads known for these guests: nothing to sample (vCPU threads come from the VM registry, debugfs or qemu's thread names)")]
     NoThreads,
+    #[error("the VMMs' threads are hidden from this user (no ptrace rights over them): sampling needs their user or root")]
+    Hidden,
     #[error(
         "out of file descriptors after opening {opened} of {wanted} perf events (one per vCPU thread): raise the open-files limit (`ulimit -n`, now {limit}) or watch fewer guests (-g)"
     )]
@@ -164,6 +166,9 @@ impl Sampler {
             .flat_map(|g| g.vcpus.iter().filter_map(|v| v.tid))
             .collect();
         if tids.is_empty() {
+            if !guests.is_empty() && guests.iter().all(|g| g.details_hidden) {
+                return Err(PerfError::Hidden);
+            }
             return Err(PerfError::NoThreads);
         }
         let (sample_type, attribution) = if probe_guest_id() {
