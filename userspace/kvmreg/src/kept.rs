@@ -273,14 +273,7 @@ fn data<'a>(
             let bytes = file.read()?;
             let mut src = bytes;
             let l = layout.insert(stats::read_layout(&mut src)?);
-            let data = usize::try_from(l.data_offset)
-                .ok()
-                .and_then(|at| bytes.get(at..))
-                .ok_or(StatsError::Truncated {
-                    offset: l.data_offset,
-                    need: 0,
-                })?;
-            Ok((l, data))
+            Ok((l, stats::data_of(l, bytes)?))
         }
     }
 }

@@ -311,14 +311,7 @@ pub type VcpuSums = (Layout, usize, Vec<(String, u64)>);
 pub fn parse_vcpu_sums(bytes: &[u8]) -> Result<VcpuSums, StatsError> {
     let mut src = bytes;
     let layout = read_layout(&mut src)?;
-    let data = usize::try_from(layout.data_offset)
-        .ok()
-        .and_then(|at| bytes.get(at..))
-        .ok_or(StatsError::Truncated {
-            offset: layout.data_offset,
-            need: 0,
-        })?;
-    let (blocks, values) = vcpu_sums_with(&layout, data)?;
+    let (blocks, values) = vcpu_sums_with(&layout, data_of(&layout, bytes)?)?;
     let sums = layout
         .descs
         .iter()
@@ -352,6 +345,18 @@ pub fn vcpu_sums_with(layout: &Layout, data: &[u8]) -> Result<(usize, Vec<u64>),
         })
         .collect();
     Ok((blocks, sums))
+}
+
+/// The data of a whole stream held in `bytes`: from the layout's data
+/// offset on.
+pub fn data_of<'a>(layout: &Layout, bytes: &'a [u8]) -> Result<&'a [u8], StatsError> {
+    usize::try_from(layout.data_offset)
+        .ok()
+        .and_then(|at| bytes.get(at..))
+        .ok_or(StatsError::Truncated {
+            offset: layout.data_offset,
+            need: 0,
+        })
 }
 
 /// The size of one vCPU's block (the layout's data length) and how many

@@ -606,24 +606,16 @@ impl Tracker {
             sources: BTreeMap::new(),
             notes: Vec::new(),
         };
-        let read = self.read_vcpu_stats(pid, id, |f| {
+        let read = self.read_vcpu_stats(pid, id, nvcpus, |f| {
             let s = f.read()?;
             for (n, v) in s.iter().filter(|(n, _)| wanted(n)) {
                 c.values.insert(n.to_string(), v);
                 c.sources.insert(n.to_string(), Source::ProcKvm);
             }
             Ok(s.vcpus)
-        });
+        })?;
         match read {
-            VcpuRead::Sums(vcpus) => {
-                if vcpus != nvcpus && vcpus != 0 {
-                    self.vcpus_due.insert(id);
-                }
-            }
-            VcpuRead::Gone => {
-                self.forget_vm(id);
-                return Err(StatsFdError::Gone(pid));
-            }
+            VcpuRead::Sums => {}
             VcpuRead::Failed(note) => c.notes.push(note),
             VcpuRead::Absent => {
                 return discover::guest_counters_of(&self.cfg, &self.guests[index], names);
@@ -670,16 +662,8 @@ impl Tracker {
         };
         let mut values = [None; N];
         let mut notes = Vec::new();
-        match self.read_vcpu_stats(pid, id, |f| f.read_picked(names, &mut values)) {
-            VcpuRead::Sums(vcpus) => {
-                if vcpus != nvcpus && vcpus != 0 {
-                    self.vcpus_due.insert(id);
-                }
-            }
-            VcpuRead::Gone => {
-                self.forget_vm(id);
-                return Err(StatsFdError::Gone(pid));
-            }
+        match self.read_vcpu_stats(pid, id, nvcpus, |f| f.read_picked(names, &mut values))? {
+            VcpuRead::Sums => {}
             VcpuRead::Failed(note) => notes.push(note),
             VcpuRead::Absent => {
                 return self
@@ -735,13 +719,41 @@ impl Tracker {
     }
 
     /// Read a registry VM's kept-open `vcpu_stats` with `read`, opening it
-    /// on first use (past the fd budget: for this read only).
+    /// on first use (past the fd budget: for this read only). A VM found
+    /// gone leaves the set (the error says so); one whose vCPU count
+    /// changed (`nvcpus` known) has its `vcpus` file read again next
+    /// refresh.
     fn read_vcpu_stats(
         &mut self,
         pid: u32,
         id: u64,
+        nvcpus: usize,
         read: impl FnOnce(&mut VcpuStatsFile) -> Result<usize, VcpuStatsError>,
-    ) -> VcpuRead {
+    ) -> Result<VcpuRead, StatsFdError> {
+        let r = self.read_vcpu_file(pid, id, read);
+        match r {
+            Ok(vcpus) => {
+                if vcpus != nvcpus && vcpus != 0 {
+                    self.vcpus_due.insert(id);
+                }
+                Ok(VcpuRead::Sums)
+            }
+            Err(None) => {
+                self.forget_vm(id);
+                Err(StatsFdError::Gone(pid))
+            }
+            Err(Some(other)) => Ok(other),
+        }
+    }
+
+    /// [`read_vcpu_stats`](Self::read_vcpu_stats)'s file handling: the
+    /// number of vCPU blocks read, or `Err(None)` for a VM that is gone.
+    fn read_vcpu_file(
+        &mut self,
+        pid: u32,
+        id: u64,
+        read: impl FnOnce(&mut VcpuStatsFile) -> Result<usize, VcpuStatsError>,
+    ) -> Result<usize, Option<VcpuRead>> {
         let proc = &self.cfg.proc_root;
         let room = self.kept < self.kept_budget;
         let state = self.vcpu_stats.entry(id).or_insert(VcpuStats::Unopened);
@@ -757,28 +769,32 @@ impl Tracker {
                 // No file, or no VM: the VM's own directory tells which.
                 Err(e) if classify(&e) == Some(Skip::Gone) => {
                     if !proc.join(format!("{pid}/kvm/{id}")).is_dir() {
-                        return VcpuRead::Gone;
+                        return Err(None);
                     }
                     *state = VcpuStats::Absent;
                 }
-                Err(e) => return VcpuRead::Failed(format!("vcpu_stats of VM {id}: {e}")),
+                Err(e) => {
+                    return Err(Some(VcpuRead::Failed(format!(
+                        "vcpu_stats of VM {id}: {e}"
+                    ))))
+                }
             }
         }
         let f = match (&mut once, state) {
             (Some(f), _) => f,
             (None, VcpuStats::Open(f)) => f,
-            (None, _) => return VcpuRead::Absent,
+            (None, _) => return Err(Some(VcpuRead::Absent)),
         };
         let failed = match read(f) {
-            Ok(vcpus) => return VcpuRead::Sums(vcpus),
+            Ok(vcpus) => return Ok(vcpus),
             Err(VcpuStatsError::Io(e)) if classify(&e) == Some(Skip::Gone) => {
-                return VcpuRead::Gone;
+                return Err(None);
             }
             Err(e) => format!("{}: {e}", f.path().display()),
         };
         // Opened again next time: a malformed read is not cached.
         self.vcpu_stats.insert(id, VcpuStats::Unopened);
-        VcpuRead::Failed(failed)
+        Err(Some(VcpuRead::Failed(failed)))
     }
 }
 
@@ -800,10 +816,10 @@ fn kept_budget() -> usize {
 
 /// What [`Tracker::read_vcpu_stats`] found.
 enum VcpuRead {
-    /// Counters added; the number of vCPU blocks.
-    Sums(usize),
-    Gone,
+    /// Counters read.
+    Sums,
     Failed(String),
+    /// A registry kernel without the file: counters come from elsewhere.
     Absent,
 }
 

@@ -1,10 +1,10 @@
 //! `/proc/kallsyms` format: `<hex address> <type> <name>[\t[<module>]]`.
 //!
-//! Parsed from the file's bytes in one pass, a line at a time, beside
-//! flags made 64 bytes at a time for every byte that a line in the kernel's
-//! format has only between fields (whitespace, control characters,
-//! non-ASCII): the flags say where a line's fields are without a loop over
-//! their bytes, the address is read eight digits at a time, the
+//! Parsed from the file's bytes in two passes. The first flags, 64 bytes
+//! at a time, every byte that a line in the kernel's format has only
+//! between fields (whitespace, control characters, non-ASCII). The second
+//! takes a line at a time: the flags say where its fields are without a
+//! loop over their bytes, the address is read eight digits at a time, the
 //! name is kept as an offset into the file (which the table keeps as its
 //! name buffer), the module name interned. Data symbols are checked and
 //! dropped before anything is allocated for them. A line in any other
@@ -51,10 +51,10 @@ fn parse_owned(buf: Vec<u8>, path: &Path) -> Result<SymbolTable, SymbolError> {
     let mut lines = 0;
     let mut line_no = 0;
     let mut pos = 0;
-    let mut seps = Separators::new(&buf);
+    let seps = separators(&buf);
     while pos < buf.len() {
         line_no += 1;
-        let (next, sym) = match fast_line(&buf, &mut seps, pos, &mut b) {
+        let (next, sym) = match fast_line(&buf, &seps, pos, &mut b) {
             Some(r) => r,
             None => {
                 let end = memchr::memchr(b'\n', buf.get(pos..).unwrap_or_default())
@@ -115,77 +115,30 @@ fn kept(kind: u8) -> bool {
     matches!(kind, b't' | b'T' | b'w' | b'W')
 }
 
-/// A bit per byte of the file, set for the bytes a line in the kernel's
+/// A bit per byte of `buf`, set for the bytes a line in the kernel's
 /// format has only between its fields: below 0x21 (whitespace, control
-/// characters) and above 0x7e (DEL, not ASCII). Made a 64-byte chunk at a
-/// time as the lines reach it, in the same pass that parses them (a
-/// separate pass over the whole file cost about as much as reading it):
-/// the two chunks last made are kept, which are all a line's window and the
-/// next one's need. Set bits follow the end, so that every search stops
-/// there.
-struct Separators<'a> {
-    buf: &'a [u8],
-    /// (chunk index, its bits) in slot `index % 2`.
-    made: [(usize, u64); 2],
-}
-
-impl<'a> Separators<'a> {
-    fn new(buf: &'a [u8]) -> Separators<'a> {
-        Separators {
-            buf,
-            made: [(usize::MAX, 0); 2],
-        }
-    }
-
-    /// The bits of chunk `w` (bytes `64 * w ..`).
-    #[inline(always)]
-    fn chunk(&mut self, w: usize) -> u64 {
-        let slot = &mut self.made[w % 2];
-        if slot.0 == w {
-            return slot.1;
-        }
-        let start = w.saturating_mul(64);
-        let bits = match self.buf.get(start..start.saturating_add(64)) {
-            Some(c) => <&[u8; 64]>::try_from(c).map_or(!0, mask64),
-            None => match self.buf.get(start..) {
-                // The last, partial chunk: zero bytes (flagged) after it.
-                Some(rest) if !rest.is_empty() => {
-                    let mut last = [0u8; 64];
-                    last[..rest.len()].copy_from_slice(rest);
-                    mask64(&last)
-                }
-                _ => !0,
-            },
+/// characters) and above 0x7e (DEL, not ASCII). The compare is over 64
+/// bytes at once, which the compiler turns into vector instructions, and
+/// eight flags are gathered into a byte with a multiplication. Set bits
+/// follow the end, so that every search stops there.
+fn separators(buf: &[u8]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(buf.len() / 64 + 2);
+    let mut chunks = buf.chunks_exact(64);
+    for c in &mut chunks {
+        let Ok(c) = <&[u8; 64]>::try_from(c) else {
+            continue;
         };
-        *slot = (w, bits);
-        bits
+        out.push(mask64(c));
     }
-
-    /// The bits of the 64 bytes from `i` (set beyond the end).
-    #[inline(always)]
-    fn window(&mut self, i: usize) -> u64 {
-        let (w, off) = (i / 64, (i % 64) as u32);
-        let lo = self.chunk(w) >> off;
-        let hi = self.chunk(w + 1).checked_shl(64 - off).unwrap_or(0);
-        lo | hi
-    }
-
-    /// The first separator at or after `i`.
-    #[inline(always)]
-    fn next(&mut self, mut i: usize) -> usize {
-        loop {
-            let w = self.window(i);
-            if w != 0 {
-                return i + w.trailing_zeros() as usize;
-            }
-            i += 64;
-        }
-    }
+    let rest = chunks.remainder();
+    // Zero bytes are flagged.
+    let mut last = [0u8; 64];
+    last[..rest.len()].copy_from_slice(rest);
+    out.push(mask64(&last));
+    out.push(!0);
+    out
 }
 
-/// The compare is over 64 bytes at once, which the compiler turns into
-/// vector instructions, and eight flags are gathered into a byte with a
-/// multiplication.
 #[inline(always)]
 fn mask64(c: &[u8; 64]) -> u64 {
     let mut flags = [0u8; 64];
@@ -201,20 +154,38 @@ fn mask64(c: &[u8; 64]) -> u64 {
     m
 }
 
+/// The separator bits of the 64 bytes from `i` (set beyond the end).
+#[inline(always)]
+fn window(seps: &[u64], i: usize) -> u64 {
+    let (w, off) = (i / 64, (i % 64) as u32);
+    let lo = seps.get(w).map_or(!0, |&x| x >> off);
+    let hi = seps
+        .get(w + 1)
+        .map_or(!0, |&x| x.checked_shl(64 - off).unwrap_or(0));
+    lo | hi
+}
+
+/// The first separator at or after `i`.
+#[inline(always)]
+fn next_sep(seps: &[u64], mut i: usize) -> usize {
+    loop {
+        let w = window(seps, i);
+        if w != 0 {
+            return i + w.trailing_zeros() as usize;
+        }
+        i += 64;
+    }
+}
+
 /// The line at `pos` if it is in the kernel's exact format, `<16 or 8 hex
 /// digits> <type> <name>[\t[<module>]]\n` with printable ASCII fields:
-/// the line and where the next one starts. `seps` ([`Separators`]) finds
+/// the line and where the next one starts. `seps` ([`separators`]) finds
 /// the fields without a loop over their bytes. Anything else (`None`) goes
 /// to [`parse_line`], which takes what this takes the same way and says
 /// what is wrong with the rest. Nothing is allocated for a data symbol.
 #[inline(always)]
-fn fast_line(
-    buf: &[u8],
-    seps: &mut Separators,
-    pos: usize,
-    b: &mut TableBuilder,
-) -> Option<(usize, Line)> {
-    let w = seps.window(pos);
+fn fast_line(buf: &[u8], seps: &[u64], pos: usize, b: &mut TableBuilder) -> Option<(usize, Line)> {
+    let w = window(seps, pos);
     let hex = |r: Range<usize>| hex8(buf.get(r)?);
     // Separators exactly after the address and after the type.
     let (addr, sp) = if w & 0x7_ffff == 1 << 16 | 1 << 18 {
@@ -233,7 +204,7 @@ fn fast_line(
     let end = if rest != 0 {
         start + rest.trailing_zeros() as usize
     } else {
-        seps.next(pos + 64)
+        next_sep(seps, pos + 64)
     };
     if end == start {
         return None;
@@ -241,7 +212,7 @@ fn fast_line(
     let (module, next) = match buf.get(end) {
         None | Some(b'\n') => (None, end + 1),
         Some(b'\t') if buf.get(end + 1) == Some(&b'[') => {
-            let m_end = seps.next(end + 2);
+            let m_end = next_sep(seps, end + 2);
             if !matches!(buf.get(m_end), None | Some(b'\n'))
                 || m_end < end + 3
                 || buf.get(m_end - 1) != Some(&b']')
