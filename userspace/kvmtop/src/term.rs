@@ -209,6 +209,12 @@ pub fn next_input(deadline: Instant) -> anyhow::Result<Input> {
 /// would spin through without returning, so it is checked first. (The
 /// kernel's `SIGHUP` comes too, but it only sets a flag now.)
 fn hung_up() -> bool {
+    // Only a terminal on stdin is the one crossterm reads (otherwise it
+    // opens /dev/tty); a closed pipe on stdin says nothing about it.
+    // SAFETY: isatty only looks at the descriptor.
+    if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+        return false;
+    }
     let mut fds = [libc::pollfd {
         fd: libc::STDIN_FILENO,
         events: libc::POLLIN,
