@@ -318,3 +318,44 @@ fn man_page_and_completions_are_generated() {
     let h = run(&["--help"]);
     assert!(String::from_utf8_lossy(&h.stdout).contains("Examples:"));
 }
+
+/// A reader that goes away (`| head`) ends kvmtop quietly with status 0,
+/// whatever the writer: the list as JSON (larger than a pipe holds, so the
+/// reader goes mid-write), the man page, completions (the reader gone
+/// before the first write).
+#[test]
+fn a_closed_pipe_is_a_quiet_end() {
+    let d = TempDir::new("epipe");
+    for i in 0..1000 {
+        fake_registry_vm(&d, 1000 + i, u64::from(i) + 1, &format!("g{i}"), 5);
+    }
+    for (args, read_first) in [
+        (vec!["list", "--json", "--proc-root", d.path()], true),
+        (vec!["man"], false),
+        (vec!["completions", "zsh"], false),
+    ] {
+        let mut c = common::kvmtop()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kvmtop");
+        let out = c.stdout.take().expect("stdout");
+        if read_first {
+            // One line, then the pipe closed, as `head -1` does.
+            let mut first = String::new();
+            BufReader::new(out)
+                .read_line(&mut first)
+                .expect("first line");
+        } else {
+            drop(out);
+        }
+        let o = c.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success() && !err.contains("panicked"),
+            "{args:?}: {}: {err}",
+            o.status
+        );
+    }
+}

@@ -201,7 +201,19 @@ fn a_sigstopped_vmm_does_not_stall_a_batch_frame() {
         Some(0.0),
         "a stopped VMM uses no CPU"
     );
+    // And it says so: a stopped VMM is not an idle guest.
+    assert_eq!(r["state"], "T", "{r}");
     assert!(row(&f[0], fx.lines[1].pid).is_some());
+    // Running again, it is no longer shown stopped.
+    let o = run_within(
+        &["-b", "-n", "1", "-d", "0.3", "--json"],
+        Duration::from_secs(10),
+    )
+    .expect("a batch frame");
+    let f = frames(&o.stdout);
+    let r = row(&f[0], stopped).expect("the guest is still listed");
+    assert_ne!(r["state"], "T", "{r}");
+    assert!(r["command"].is_string(), "{r}");
 }
 
 #[test]
