@@ -604,11 +604,35 @@ const EXIT_COUNTERS: [&str; 2] = ["irq_exits", "exits"];
 
 /// Per second over `window`, for each guest in `pids`, the first of
 /// [`EXIT_COUNTERS`] the kernel has; and its name.
+/// The host-side interrupts that can stop a running vCPU, by kind
+/// (`/proc/interrupts`, summed over the CPUs): the local timer, IPIs that
+/// reschedule or call a function, TLB shootdowns, irq_work (perf's
+/// wakeups), PMU interrupts and NMIs.
+const IRQ_KINDS: [&str; 7] = ["LOC", "RES", "CAL", "TLB", "IWI", "PMI", "NMI"];
+
+fn interrupts() -> [u64; IRQ_KINDS.len()] {
+    let mut n = [0u64; IRQ_KINDS.len()];
+    let text = fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    for l in text.lines() {
+        let mut w = l.split_whitespace();
+        let Some(k) = w.next().and_then(|k| k.strip_suffix(':')) else {
+            continue;
+        };
+        if let Some(i) = IRQ_KINDS.iter().position(|x| *x == k) {
+            // Per-CPU counts, then the description.
+            n[i] = w.map_while(|c| c.parse::<u64>().ok()).sum();
+        }
+    }
+    n
+}
+
+/// Each guest's exits per second over `window`, the counter's name, and
+/// the host's interrupts per second by kind ([`IRQ_KINDS`]).
 fn exit_rates(
     tracker: &mut Tracker,
     pids: &[u32],
     window: Duration,
-) -> Result<(Vec<f64>, &'static str)> {
+) -> Result<(Vec<f64>, &'static str, Vec<f64>)> {
     let read = |tracker: &mut Tracker| -> Result<Vec<(u64, &'static str)>> {
         tracker.refresh();
         pids.iter()
@@ -629,9 +653,11 @@ fn exit_rates(
             .collect()
     };
     let a = read(tracker)?;
+    let ia = interrupts();
     let t = Instant::now();
     std::thread::sleep(window);
     let b = read(tracker)?;
+    let ib = interrupts();
     let s = t.elapsed().as_secs_f64();
     let name = a.first().map_or("exits", |x| x.1);
     Ok((
@@ -640,6 +666,10 @@ fn exit_rates(
             .map(|(a, b)| b.0.saturating_sub(a.0) as f64 / s)
             .collect(),
         name,
+        ia.iter()
+            .zip(&ib)
+            .map(|(a, b)| b.saturating_sub(*a) as f64 / s)
+            .collect(),
     ))
 }
 
@@ -674,9 +704,12 @@ fn exits(args: &Args, bin: &Path, work: &Path) -> Result<()> {
     // Added exits/s per guest, per mode (vs "no tool" in the same round);
     // for the profile mode also the profiled guest's.
     let mut added: Vec<Vec<f64>> = vec![Vec::new(); modes.len() + 1];
+    // Interrupts per second each mode adds, by kind, per round.
+    let mut irqs_added: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); IRQ_KINDS.len()]; modes.len()];
     let mut counter = "exits";
     for round in 0..args.exits_rounds {
         let mut rates = vec![Vec::new(); modes.len()];
+        let mut irqs = vec![Vec::new(); modes.len()];
         for k in 0..modes.len() {
             let m = (k + round) % modes.len();
             let mut tool = None;
@@ -692,8 +725,9 @@ fn exits(args: &Args, bin: &Path, work: &Path) -> Result<()> {
                 // Past its start: the steady state is measured.
                 std::thread::sleep(Duration::from_secs(2));
             }
-            let r = exit_rates(&mut tracker, &pids, window).map(|(r, name)| {
+            let r = exit_rates(&mut tracker, &pids, window).map(|(r, name, i)| {
                 counter = name;
+                irqs[m] = i;
                 r
             });
             if let Some(mut c) = tool {
@@ -711,6 +745,11 @@ fn exits(args: &Args, bin: &Path, work: &Path) -> Result<()> {
             added[m - 1].push(others(&rates[m]) - others(&rates[0]));
         }
         added[modes.len()].push(rates[3][0] - rates[0][0]);
+        for m in 1..modes.len() {
+            for k in 0..IRQ_KINDS.len() {
+                irqs_added[m][k].push(irqs[m][k] - irqs[0][k]);
+            }
+        }
         if round == 0 {
             println!(
                 "# {counter}/s per guest without a tool (first round): {:.0} (guests busy {}%)",
@@ -738,6 +777,17 @@ fn exits(args: &Args, bin: &Path, work: &Path) -> Result<()> {
         added[modes.len()].clone(),
         "/s",
     );
+    // Which host interrupts a tool adds (all CPUs, per second, vs no
+    // tool): what can stop a guest's vCPU besides its own exits.
+    println!("# host interrupts/s each tool adds, all CPUs (median of the rounds):");
+    for (m, (name, _)) in modes.iter().enumerate().skip(1) {
+        let cells: Vec<String> = IRQ_KINDS
+            .iter()
+            .zip(&irqs_added[m])
+            .map(|(k, v)| format!("{k} {:+.0}", median_ci(v.clone()).1))
+            .collect();
+        println!("#   {name:<32} {}", cells.join("  "));
+    }
     println!(
         "# goal: kvmtop adds no exits to a guest it does not profile: {}",
         if none_added {
