@@ -485,6 +485,72 @@ fn selection_follows_the_guest_and_sigterm_restores_the_terminal_in_tmux() {
 }
 
 #[test]
+fn a_long_list_scrolls_to_its_end_and_enter_opens_the_guest_there_in_tmux() {
+    let test = "a_long_list_scrolls_to_its_end_and_enter_opens_the_guest_there_in_tmux";
+    if !kvm_usable(test) || !tmux_present(test) {
+        return;
+    }
+    // 18 guests in one process; the pane shows about 6 rows.
+    let names: Vec<String> = (1..=18).map(|i| format!("sc{i:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fx = Fixture::start_single_process(&names, 0);
+    let pid = fx.lines[0].pid;
+    let t = Tmux::start("scroll", 140, 12, &shell_line(&["-d", "0.5"]));
+    let s = t.wait_for("the first frame", |s| {
+        s.lines().next().is_some_and(|l| l.contains("backend: "))
+    });
+    // How kvmtop labels them: the kernel's names on a registry kernel,
+    // else the pid and the VM fd.
+    let registry = s
+        .lines()
+        .next()
+        .is_some_and(|l| l.contains("backend: proc-kvm"));
+    let label = |l: &common::Line| {
+        if registry {
+            l.name.clone()
+        } else {
+            format!("pid{}:{}", l.pid, l.vm_fd)
+        }
+    };
+    let last = fx.lines.iter().map(label).max().expect("guests");
+    // Only this test's guests (other tests run theirs), sorted by name.
+    t.type_text(&format!("/{pid}"));
+    t.press("Enter");
+    t.type_text("N");
+    let s = t.wait_for("this process' guests by name", |s| {
+        let r = rows(s);
+        status_line(s).starts_with("sort: NAME")
+            && !r.is_empty()
+            && r.iter().all(|(p, _)| *p == pid)
+    });
+    assert!(
+        !s.contains(&last),
+        "the last guest fits without scrolling:\n{s}"
+    );
+    t.press("End");
+    let s = t.wait_for("the list scrolled to its last guest", |s| {
+        rows(s).last().is_some_and(|(_, l)| l.starts_with(&last))
+    });
+    assert!(
+        rows(&s).len() < 18,
+        "all 18 rows fit: nothing scrolled:\n{s}"
+    );
+    t.press("Enter");
+    let s = t.wait_for("the last guest's profile", |s| {
+        s.starts_with("kvmtop profile - guest ")
+    });
+    assert!(
+        s.lines().next().is_some_and(|l| l.contains(&last)),
+        "Enter did not open the guest under the highlight ({last}):\n{s}"
+    );
+    t.type_text("q");
+    t.wait_for("the overview again", |s| s.starts_with("kvmtop - "));
+    t.type_text("q");
+    t.assert_quit_cleanly();
+    drop(fx);
+}
+
+#[test]
 fn a_closed_terminal_ends_kvmtop_in_tmux() {
     let test = "a_closed_terminal_ends_kvmtop_in_tmux";
     if !kvm_usable(test) || !tmux_present(test) {

@@ -171,6 +171,15 @@ impl Fixture {
 
     /// As [`Fixture::start`], each guest with `vcpus` running vCPUs.
     pub fn start_with_vcpus(names: &[&str], busy: u32, vcpus: u32) -> Fixture {
+        Fixture::spawn(names, busy, vcpus, &[])
+    }
+
+    /// As [`Fixture::start`], all guests in one process.
+    pub fn start_single_process(names: &[&str], busy: u32) -> Fixture {
+        Fixture::spawn(names, busy, 1, &["--single-process"])
+    }
+
+    fn spawn(names: &[&str], busy: u32, vcpus: u32, extra: &[&str]) -> Fixture {
         let me = std::process::id();
         let guests: Vec<String> = names.iter().map(|n| format!("{n}-{me}")).collect();
         let mut child = Command::new(fixture_bin())
@@ -182,6 +191,7 @@ impl Fixture {
                 "--busy",
                 &busy.to_string(),
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
