@@ -117,16 +117,24 @@ impl Tmux {
         );
     }
 
-    /// The pid of kvmtop: the one child of the pane's shell.
+    /// The pid of kvmtop: the child of the pane's shell, found by the
+    /// parent pid in `/proc/*/stat` (`/proc/<pid>/task/<tid>/children`
+    /// needs CONFIG_PROC_CHILDREN, which the test VM's kernel lacks).
     fn kvmtop_pid(&self) -> u32 {
-        let sh = self.format("#{pane_pid}");
-        let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children"))
-            .unwrap_or_else(|e| panic!("children of the pane's shell {sh}: {e}"));
-        children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the pane's shell {sh} runs no child: {children:?}"))
+        let sh: u32 = self.format("#{pane_pid}").parse().expect("the pane's pid");
+        let child = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let (_, rest) = s.rsplit_once(") ")?;
+                        rest.split(' ').nth(1)?.parse::<u32>().ok()
+                    })
+                    == Some(sh)
+            });
+        child.unwrap_or_else(|| panic!("the pane's shell {sh} runs no child"))
     }
 
     /// A tmux format of the pane, e.g. `#{alternate_on}`.
