@@ -7,7 +7,8 @@
 //! single-threaded tokio runtime: connections are served concurrently,
 //! each within the limits below, so a slow or idle client cannot stall a
 //! scrape, and no request can make the server buffer more than 16 KiB.
-//! The exposition text is written here (the families are few and fixed).
+//! The exposition is `prometheus-client`'s OpenMetrics text, which
+//! Prometheus asks for and any scraper of the 0.0.4 text format reads.
 
 use crate::frame::{self, Reading};
 use http_body_util::Full;
@@ -19,40 +20,56 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use kvmreg::cpu::{self, CpuSnapshot};
 use kvmreg::{Config, Guest};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
-/// Escape a label value (backslash, quote, newline).
-pub fn escape(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
+/// The labels every per-guest family has: the name as this user sees it
+/// (`name@uid` for another user's guest), the registry id (empty without
+/// one) and the owner pid.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestLabels {
+    name: String,
+    id: String,
+    pid: u32,
 }
 
-fn labels(g: &Guest) -> String {
-    format!(
-        "name=\"{}\",id=\"{}\",pid=\"{}\"",
-        escape(
-            &g.qualified_name(crate::guests::viewer())
-                .unwrap_or_default()
-        ),
-        g.id.map_or(String::new(), |i| i.to_string()),
-        g.pid
-    )
+/// `kvmtop_guest_info`'s labels: the guest's, and where it was found.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    #[prometheus(flatten)]
+    guest: GuestLabels,
+    backend: String,
+    name_verified: bool,
+}
+
+/// The CPU families' labels: the guest's, and the mode.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    #[prometheus(flatten)]
+    guest: GuestLabels,
+    mode: &'static str,
+}
+
+fn labels(g: &Guest) -> GuestLabels {
+    GuestLabels {
+        name: g
+            .qualified_name(crate::guests::viewer())
+            .unwrap_or_default(),
+        id: g.id.map_or(String::new(), |i| i.to_string()),
+        pid: g.pid,
+    }
 }
 
 /// Seconds of (host user, host system, guest) of a guest's threads.
@@ -70,70 +87,51 @@ fn cpu_seconds(s: &CpuSnapshot, tids: Option<&[u32]>) -> (f64, f64, f64) {
     (u as f64 / hz, k as f64 / hz, g as f64 / hz)
 }
 
-/// The exposition text of one reading. `openmetrics` adds the `# EOF`
-/// terminator and uses OpenMetrics counter naming.
-pub fn exposition(r: &Reading, openmetrics: bool) -> String {
-    let mut o = String::new();
-    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-    };
-    family(
-        &mut o,
-        "kvmtop_guests",
-        "gauge",
-        "KVM guests visible to kvmtop.",
-    );
-    let _ = writeln!(o, "kvmtop_guests {}", r.guests.len());
-    family(
-        &mut o,
-        "kvmtop_guest_info",
-        "gauge",
-        "One per guest; the backend that listed it.",
-    );
+type IntGauge = Family<GuestLabels, Gauge>;
+
+/// The OpenMetrics text of one reading, written by `prometheus-client`:
+/// cumulative counters and gauges as read now (Prometheus computes the
+/// rates), families in a registry made for this scrape.
+pub fn exposition(r: &Reading) -> String {
+    let mut reg = <Registry>::with_prefix("kvmtop");
+    let guests = Gauge::<i64, AtomicI64>::default();
+    guests.set(i64::try_from(r.guests.len()).unwrap_or(i64::MAX));
+    reg.register("guests", "KVM guests visible to kvmtop", guests);
+    let info = Family::<InfoLabels, Gauge>::default();
     let backend = frame::backend_used(&r.backends);
     for g in &r.guests {
-        let verified = g.name.as_ref().is_some_and(|n| n.is_kernel());
-        let _ = writeln!(
-            o,
-            "kvmtop_guest_info{{{},backend=\"{}\",name_verified=\"{verified}\"}} 1",
-            labels(g),
-            escape(&backend)
-        );
+        info.get_or_create(&InfoLabels {
+            guest: labels(g),
+            backend: backend.clone(),
+            name_verified: g.name.as_ref().is_some_and(|n| n.is_kernel()),
+        })
+        .set(1);
     }
-    family(&mut o, "kvmtop_guest_vcpus", "gauge", "vCPUs of the guest.");
-    // Only where counted: a hidden or uncountable guest has no sample
-    // rather than a false 0.
+    reg.register(
+        "guest_info",
+        "One per guest; the backend that listed it",
+        info,
+    );
+    // vCPUs and memory only where known: no false 0 for a hidden guest.
+    let vcpus = IntGauge::default();
+    let memory = IntGauge::default();
     for g in &r.guests {
         if let Some(n) = g.vcpu_count() {
-            let _ = writeln!(o, "kvmtop_guest_vcpus{{{}}} {n}", labels(g));
+            vcpus.get_or_create(&labels(g)).set(n as i64);
+        }
+        if let Some(m) = g.memory_bytes {
+            memory
+                .get_or_create(&labels(g))
+                .set(i64::try_from(m).unwrap_or(i64::MAX));
         }
     }
-    family(
-        &mut o,
-        "kvmtop_guest_memory_bytes",
-        "gauge",
-        "Guest memory (userspace memslots), where known.",
+    reg.register("guest_vcpus", "vCPUs of the guest, where counted", vcpus);
+    reg.register(
+        "guest_memory_bytes",
+        "Guest memory (userspace memslots), where known",
+        memory,
     );
-    for g in r.guests.iter().filter(|g| g.memory_bytes.is_some()) {
-        let _ = writeln!(
-            o,
-            "kvmtop_guest_memory_bytes{{{}}} {}",
-            labels(g),
-            g.memory_bytes.unwrap_or(0)
-        );
-    }
-    let cpu_name = if openmetrics {
-        "kvmtop_guest_cpu_seconds"
-    } else {
-        "kvmtop_guest_cpu_seconds_total"
-    };
-    family(
-        &mut o,
-        cpu_name,
-        "counter",
-        "CPU time of the guest's VMM threads by mode: guest, host_system, host_user.",
-    );
+    let cpu_s = Family::<ModeLabels, Counter<f64, AtomicU64>>::default();
     let vms_of = crate::frame::vms_per_pid(&r.guests);
     for g in &r.guests {
         let Some(s) = r.cpu.get(&g.pid) else { continue };
@@ -144,49 +142,45 @@ pub fn exposition(r: &Reading, openmetrics: bool) -> String {
         }
         let (u, k, gt) = cpu_seconds(s, shared.then_some(tids.as_slice()));
         for (mode, v) in [("guest", gt), ("host_system", k), ("host_user", u)] {
-            let _ = writeln!(
-                o,
-                "kvmtop_guest_cpu_seconds_total{{{},mode=\"{mode}\"}} {v}",
-                labels(g)
-            );
+            cpu_s
+                .get_or_create(&ModeLabels {
+                    guest: labels(g),
+                    mode,
+                })
+                .inc_by(v);
         }
     }
-    let exits_name = if openmetrics {
-        "kvmtop_guest_exits"
-    } else {
-        "kvmtop_guest_exits_total"
-    };
-    family(
-        &mut o,
-        exits_name,
-        "counter",
-        "VM exits, where KVM's stats are readable.",
+    reg.register(
+        "guest_cpu_seconds",
+        "CPU time of the guest's VMM threads by mode: guest, host_system, host_user",
+        cpu_s,
     );
+    let exits = Family::<GuestLabels, Counter>::default();
+    let readable = IntGauge::default();
     for g in &r.guests {
-        if let Some(Ok(c)) = r.counters.get(&g.key()) {
+        let c = r.counters.get(&g.key());
+        if let Some(Ok(c)) = c {
             if let Some(v) = c.value(frame::EXITS) {
-                let _ = writeln!(o, "kvmtop_guest_exits_total{{{}}} {v}", labels(g));
+                exits.get_or_create(&labels(g)).inc_by(v);
             }
         }
+        readable
+            .get_or_create(&labels(g))
+            .set(i64::from(matches!(c, Some(Ok(_)))));
     }
-    family(
-        &mut o,
-        "kvmtop_guest_stats_readable",
-        "gauge",
-        "1 if KVM's stats of the guest could be read.",
+    reg.register(
+        "guest_exits",
+        "VM exits, where KVM's stats are readable",
+        exits,
     );
-    for g in &r.guests {
-        let ok = matches!(r.counters.get(&g.key()), Some(Ok(_)));
-        let _ = writeln!(
-            o,
-            "kvmtop_guest_stats_readable{{{}}} {}",
-            labels(g),
-            u8::from(ok)
-        );
-    }
-    if openmetrics {
-        o.push_str("# EOF\n");
-    }
+    reg.register(
+        "guest_stats_readable",
+        "1 if KVM's stats of the guest could be read",
+        readable,
+    );
+    let mut o = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut o, &reg);
     o
 }
 
@@ -246,17 +240,11 @@ async fn respond(req: &Request<Incoming>, st: &Arc<State>) -> Response<Body> {
     }
     match req.uri().path() {
         "/metrics" => {
-            let openmetrics = req
-                .headers()
-                .get_all(header::ACCEPT)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| v.contains("application/openmetrics-text"));
             // Reading /proc blocks: off the thread that serves connections.
             let st = Arc::clone(st);
             let body = tokio::task::spawn_blocking(move || {
                 let mut reader = st.reader.lock().unwrap_or_else(PoisonError::into_inner);
-                exposition(&reader.read(), openmetrics)
+                exposition(&reader.read())
             })
             .await;
             match body {
@@ -264,11 +252,9 @@ async fn respond(req: &Request<Incoming>, st: &Arc<State>) -> Response<Body> {
                     let mut r = Response::new(Body::new(Bytes::from(body)));
                     r.headers_mut().insert(
                         header::CONTENT_TYPE,
-                        HeaderValue::from_static(if openmetrics {
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8"
-                        } else {
-                            "text/plain; version=0.0.4; charset=utf-8"
-                        }),
+                        HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
                     );
                     r
                 }
@@ -377,42 +363,50 @@ mod tests {
     use std::time::Instant;
 
     #[test]
-    fn labels_are_escaped_and_eof_only_for_openmetrics() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    fn families_labels_and_no_false_zeros() {
         let mut g = Guest::new(42);
-        g.name = Some(GuestName::Kernel("web".into()));
+        g.name = Some(GuestName::Kernel("we\"b".into()));
         g.id = Some(3);
         g.memory_bytes = Some(1 << 20);
         g.provenance.vcpus = Some(kvmreg::Source::ProcKvm);
         // Another whose vCPUs could not be counted: no sample, not a 0.
         let mut hidden = Guest::new(43);
         hidden.details_hidden = true;
+        let mut counters: rustc_hash::FxHashMap<_, _> = Default::default();
+        counters.insert(
+            g.key(),
+            Ok(frame::FrameCounters {
+                source: kvmreg::Source::ProcKvm,
+                values: [Some((7, kvmreg::Source::ProcKvm)), None, None],
+                notes: Vec::new(),
+            }),
+        );
         let r = Reading {
             at: Instant::now(),
             guests: vec![g.into(), hidden.into()],
             backends: vec![],
             cpu: Default::default(),
-            counters: Default::default(),
+            counters,
             host: None,
         };
-        let t = exposition(&r, false);
-        assert!(
-            t.contains("kvmtop_guest_vcpus{name=\"web\",id=\"3\",pid=\"42\"} 0"),
-            "{t}"
-        );
-        assert!(
-            t.contains("kvmtop_guest_memory_bytes{name=\"web\",id=\"3\",pid=\"42\"} 1048576"),
-            "{t}"
-        );
-        assert!(
-            t.contains("kvmtop_guest_stats_readable{name=\"web\",id=\"3\",pid=\"42\"} 0"),
-            "{t}"
-        );
+        let t = exposition(&r);
+        // The label value is escaped by the encoder.
+        let l = "name=\"we\\\"b\",id=\"3\",pid=\"42\"";
+        for want in [
+            "# TYPE kvmtop_guests gauge".to_string(),
+            "kvmtop_guests 2".to_string(),
+            format!("kvmtop_guest_vcpus{{{l}}} 0"),
+            format!("kvmtop_guest_memory_bytes{{{l}}} 1048576"),
+            format!("kvmtop_guest_stats_readable{{{l}}} 1"),
+            "# TYPE kvmtop_guest_exits counter".to_string(),
+            format!("kvmtop_guest_exits_total{{{l}}} 7"),
+        ] {
+            assert!(t.contains(&want), "no {want} in:\n{t}");
+        }
         assert!(
             !t.contains("kvmtop_guest_vcpus{name=\"\",id=\"\",pid=\"43\"}"),
             "{t}"
         );
-        assert!(!t.contains("# EOF"));
-        assert!(exposition(&r, true).ends_with("# EOF\n"));
+        assert!(t.ends_with("# EOF\n"), "{t}");
     }
 }
