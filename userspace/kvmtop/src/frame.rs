@@ -10,7 +10,7 @@ use kvmreg::cpu::{self, CpuRates, CpuSnapshot};
 use kvmreg::discover::BackendState;
 use kvmreg::kept::KeptFile;
 use kvmreg::model::GuestKey;
-use kvmreg::procfs::Read;
+use kvmreg::procfs::{Read, Skip};
 use kvmreg::track::{Picked, Tracker};
 use kvmreg::{Config, Guest, Source};
 use rustc_hash::FxHashMap;
@@ -98,6 +98,7 @@ pub fn read(t: &mut Tracker) -> Reading {
         i += 1;
     }
     let guests = t.shared();
+    let mut gone = Vec::new();
     let mut cpu = FxHashMap::default();
     cpu.reserve(guests.len());
     for of_pid in guests.chunk_by(|a, b| a.pid == b.pid) {
@@ -111,9 +112,20 @@ pub fn read(t: &mut Tracker) -> Reading {
                 .flat_map(|g| g.vcpus.iter().filter_map(|v| v.tid))
                 .collect()
         });
-        if let Read::Ok(s) = t.cpu(pid, tids.as_deref()) {
-            cpu.insert(pid, s);
+        match t.cpu(pid, tids.as_deref()) {
+            Read::Ok(s) => {
+                cpu.insert(pid, s);
+            }
+            // The process is gone (the tracker dropped its guests): so are
+            // they, in this reading too, even if its VMs' teardown (and
+            // their destroy events) comes later.
+            Read::Skip(Skip::Gone) => gone.push(pid),
+            _ => {}
         }
+    }
+    let mut guests = guests;
+    if !gone.is_empty() {
+        guests.retain(|g| !gone.contains(&g.pid));
     }
     Reading {
         at: Instant::now(),
