@@ -5,7 +5,7 @@ mod common;
 
 use common::{kvm_usable, run, run_within, Fixture};
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn frames(stdout: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(stdout)
@@ -321,9 +321,35 @@ fn guests_created_renamed_and_destroyed_between_frames_are_right_in_the_next_fra
     }
     gone.child.kill().expect("kill");
     gone.child.wait().expect("reap");
-    // The frame under way may predate a change; the one after may not.
-    next_frame();
-    let f = next_frame();
+    // The guest's VMM process ends after the fixture's (it follows its
+    // parent's death): wait for it, then take a frame begun after that
+    // (frames made meanwhile wait in the pipe).
+    let vmm = format!("/proc/{}/stat", g.pid);
+    let start = Instant::now();
+    while std::fs::read_to_string(&vmm)
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+        .unwrap_or(false)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "VMM {} still runs",
+            g.pid
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ended = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut f = next_frame();
+    for _ in 0..100 {
+        // A frame's `time` is when it was made; one whole interval later
+        // its reading began after the VMM ended.
+        if f["time"].as_f64().is_some_and(|t| t > ended + 0.6) {
+            break;
+        }
+        f = next_frame();
+    }
     c.kill().ok();
     c.wait().ok();
     let n = &new.lines[0];
