@@ -147,6 +147,12 @@ pub enum Command {
         /// Address to listen on, e.g. 127.0.0.1:9469 or [::]:9469.
         #[arg(long, default_value = "127.0.0.1:9469")]
         listen: String,
+        /// Seconds a client has to send a request's headers before it is
+        /// cut off (1 to 59: a connection lives at most 60 s; a slow or
+        /// idle client never delays others).
+        #[arg(long, value_name = "SECS", default_value_t = 5,
+              value_parser = clap::value_parser!(u64).range(1..60))]
+        header_timeout: u64,
         /// Stop after answering this many requests (for tests).
         #[arg(long, hide = true)]
         max_requests: Option<u64>,

@@ -21,6 +21,7 @@ mod tui;
 use clap::Parser;
 use cli::{Cli, Command};
 use std::process::ExitCode;
+use std::time::Duration;
 
 fn config(c: &Cli) -> kvmreg::Config {
     kvmreg::Config {
@@ -74,8 +75,14 @@ fn run(c: Cli) -> anyhow::Result<()> {
         Some(Command::Name { guest, new_name }) => name::run(&cfg, &guest, &new_name),
         Some(Command::Serve {
             listen,
+            header_timeout,
             max_requests,
-        }) => serve::run(&cfg, &listen, max_requests),
+        }) => serve::run(
+            &cfg,
+            &listen,
+            Duration::from_secs(header_timeout),
+            max_requests,
+        ),
         Some(Command::Man) => Ok(docs::print_man()?),
         Some(Command::Completions { shell }) => Ok(docs::print_completions(shell)?),
     }

@@ -188,17 +188,17 @@ pub fn exposition(r: &Reading) -> String {
 /// Headers (and a request line) larger than this are refused with 431 and
 /// the connection closed; nothing larger is ever buffered.
 const MAX_REQUEST_BYTES: usize = 16 << 10;
-/// A request's headers must arrive within this (a client dribbling a byte
-/// at a time is cut off), and a connection lives at most this long, idle
-/// or not.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request's headers must arrive within `--header-timeout` (a client
+/// dribbling a byte at a time is cut off), and a connection lives at most
+/// this long, idle or not.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
 
 /// What the connections share: the reader (one scrape reads at a time),
-/// and the count of answers for `--max-requests`.
+/// the header timeout, and the count of answers for `--max-requests`.
 struct State {
+    header_timeout: Duration,
     reader: Mutex<frame::Reader>,
     served: AtomicU64,
     max: Option<u64>,
@@ -275,20 +275,21 @@ async fn respond(req: &Request<Incoming>, st: &Arc<State>) -> Response<Body> {
 /// Serve one connection within the limits; what went wrong is logged with
 /// the peer, in words.
 async fn connection(stream: TcpStream, peer: SocketAddr, st: Arc<State>) {
+    let header_timeout = st.header_timeout;
     let svc = service_fn(move |req| {
         let st = Arc::clone(&st);
         async move { Ok::<_, Infallible>(answer(req, st).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(MAX_REQUEST_BYTES)
         .serve_connection(TokioIo::new(stream), svc);
     match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) if e.is_timeout() => eprintln!(
             "kvmtop: metrics client {peer}: no complete request within {} s: closed",
-            HEADER_TIMEOUT.as_secs()
+            header_timeout.as_secs()
         ),
         Ok(Err(e)) if e.is_parse_too_large() => eprintln!(
             "kvmtop: metrics client {peer}: request larger than {} KiB: refused",
@@ -330,7 +331,12 @@ async fn serve(l: TcpListener, st: Arc<State>) {
     while conns.join_next().await.is_some() {}
 }
 
-pub fn run(cfg: &Config, listen: &str, max: Option<u64>) -> anyhow::Result<()> {
+pub fn run(
+    cfg: &Config,
+    listen: &str,
+    header_timeout: Duration,
+    max: Option<u64>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -346,6 +352,7 @@ pub fn run(cfg: &Config, listen: &str, max: Option<u64>) -> anyhow::Result<()> {
             l.local_addr()?
         );
         let st = Arc::new(State {
+            header_timeout,
             reader: Mutex::new(frame::Reader::new(cfg)),
             served: AtomicU64::new(0),
             max,
