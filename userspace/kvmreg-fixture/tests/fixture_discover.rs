@@ -195,16 +195,36 @@ fn discover_counts_vms_and_vcpus_of_one_process() {
         assert_eq!(fds, want, "VM fds from fdinfo's kvm_vm_id");
     } else {
         assert_eq!(fds, want);
-        // Unpatched: 3 vCPU fds that cannot be tied to their VMs, said so.
-        assert!(mine.iter().all(|g| g.vcpus.is_empty()));
+        // Unpatched, without debugfs: 3 vCPU fds that cannot be tied to
+        // their VMs, said so; no count rather than a false 0.
+        assert!(mine.iter().all(|g| g.vcpu_count().is_none()));
         assert!(
-            mine.iter()
-                .all(|g| g.notes.iter().any(|n| n.starts_with("3 vCPU fds"))),
+            mine.iter().all(|g| g
+                .notes
+                .iter()
+                .any(|n| n.starts_with("this kernel does not tie vCPU fds (3 fds"))),
             "{mine:#?}"
         );
         // Selecting by the shared pid is ambiguous and lists the three.
         let e = kvmreg::select(&d.guests, Some(&pid.to_string())).unwrap_err();
         assert!(matches!(&e, kvmreg::SelectError::Matches { matches, .. } if matches.len() == 3));
+        // With debugfs each VM has its vCPU directories: counted there.
+        if debugfs_mountable("discover_counts_vms_and_vcpus_of_one_process") {
+            let v = discover_with_debugfs(std::path::Path::new("/proc"));
+            let mine: Vec<_> = v["guests"]
+                .as_array()
+                .expect("guests")
+                .iter()
+                .filter(|g| g["pid"] == pid)
+                .collect();
+            assert_eq!(mine.len(), 3, "{v:#}");
+            for g in mine {
+                let vcpus = g["vcpus"].as_array().expect("vcpus");
+                assert_eq!(vcpus.len(), 1, "{g:#}");
+                assert_eq!(g["provenance"]["vcpus"], "debugfs", "{g:#}");
+                assert!(g["notes"].as_array().is_some_and(Vec::is_empty), "{g:#}");
+            }
+        }
     }
 }
 

@@ -4,8 +4,9 @@
 //! `vcpu<N>/pid` holds the tid of the thread that last ran vCPU `N`, which
 //! is the one kernel fact about vCPU threads an unpatched kernel offers.
 
+use super::fd_scan;
 use crate::procfs::{classify, Skip};
-use crate::{Guest, Source};
+use crate::{Guest, Source, Vcpu};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -14,8 +15,9 @@ use std::path::{Path, PathBuf};
 pub struct DebugfsVm {
     pub pid: u32,
     pub fd: i32,
-    /// `(vcpu_id, tid)`; tid 0 (never ran) is left out.
-    pub vcpus: Vec<(u32, u32)>,
+    /// `(vcpu_id, tid)` of every `vcpu<N>` directory; no tid for a vCPU
+    /// that never ran (the file holds 0).
+    pub vcpus: Vec<(u32, Option<u32>)>,
     pub dir: PathBuf,
 }
 
@@ -54,9 +56,7 @@ pub fn scan(debugfs_root: &Path) -> Scan {
                     .ok()
                     .and_then(|t| t.trim().parse::<u32>().ok())
                     .filter(|&t| t != 0);
-                if let Some(t) = tid {
-                    vcpus.push((id, t));
-                }
+                vcpus.push((id, tid));
             }
         }
         vcpus.sort_unstable();
@@ -72,7 +72,10 @@ pub fn scan(debugfs_root: &Path) -> Scan {
 }
 
 /// Fill in vCPU threads of fd-scan guests from debugfs (kernel facts
-/// replace thread-name guesses). Returns how many guests were matched.
+/// replace thread-name guesses). A VM of a process holding several, whose
+/// vCPU fds an unpatched kernel does not tie to it, gets its vCPUs here:
+/// debugfs has a directory per vCPU under its VM. Returns how many guests
+/// were matched.
 pub fn enrich(guests: &mut [Guest], vms: &[DebugfsVm]) -> usize {
     let mut matched = 0;
     for g in guests.iter_mut() {
@@ -83,7 +86,24 @@ pub fn enrich(guests: &mut [Guest], vms: &[DebugfsVm]) -> usize {
             continue;
         };
         matched += 1;
+        if g.vcpus.is_empty() && g.provenance.vcpus.is_none() {
+            g.vcpus = vm
+                .vcpus
+                .iter()
+                .zip(0..)
+                .map(|(&(vcpu_id, _), index)| Vcpu {
+                    index,
+                    vcpu_id: Some(vcpu_id),
+                    tid: None,
+                    tid_source: None,
+                    fd: None,
+                })
+                .collect();
+            g.provenance.vcpus = Some(Source::Debugfs);
+            g.notes.retain(|n| !n.starts_with(fd_scan::UNMATCHED_VCPUS));
+        }
         for &(vcpu_id, tid) in &vm.vcpus {
+            let Some(tid) = tid else { continue };
             if let Some(v) = g.vcpus.iter_mut().find(|v| v.vcpu_id == Some(vcpu_id)) {
                 v.tid = Some(tid);
                 v.tid_source = Some(Source::Debugfs);
@@ -259,7 +279,6 @@ pub fn vm_dir(debugfs_root: &Path, g: &Guest) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use crate::testutil::TempDir;
-    use crate::Vcpu;
 
     #[test]
     fn dir_names() {
@@ -280,7 +299,7 @@ mod tests {
             panic!("fake debugfs not read")
         };
         assert_eq!(vms.len(), 1);
-        assert_eq!(vms[0].vcpus, vec![(0, 51)]);
+        assert_eq!(vms[0].vcpus, vec![(0, Some(51)), (1, None)]);
         let mut g = Guest::new(50);
         g.vm_fd = Some(7);
         for id in 0..2 {
@@ -302,6 +321,39 @@ mod tests {
         assert_eq!(c.values.get("remote_tlb_flush"), Some(&12));
         assert!(!c.values.contains_key("halt_wait_hist"));
         assert!(c.refused.is_empty());
+    }
+
+    #[test]
+    fn vms_of_one_process_get_their_vcpus_from_debugfs() {
+        let d = TempDir::new("debugfs-multi");
+        d.write("kvm/60-5/vcpu0/pid", "61\n");
+        d.write("kvm/60-5/vcpu1/pid", "0\n");
+        d.write("kvm/60-6/vcpu0/pid", "62\n");
+        let Scan::Vms(vms) = scan(d.path()) else {
+            panic!("fake debugfs not read")
+        };
+        // What the fd scan leaves for two VMs in one process: no vCPUs,
+        // the reason in a note.
+        let mut gs: Vec<Guest> = [5, 6, 7]
+            .into_iter()
+            .map(|fd| {
+                let mut g = Guest::new(60);
+                g.vm_fd = Some(fd);
+                g.notes
+                    .push(format!("{} (3 fds ...)", fd_scan::UNMATCHED_VCPUS));
+                g
+            })
+            .collect();
+        assert_eq!(enrich(&mut gs, &vms), 2);
+        assert_eq!(gs[0].vcpu_count(), Some(2));
+        assert_eq!(gs[0].vcpus[0].tid, Some(61));
+        assert_eq!(gs[0].vcpus[1].tid, None);
+        assert_eq!(gs[0].provenance.vcpus, Some(Source::Debugfs));
+        assert!(gs[0].notes.is_empty(), "{:?}", gs[0].notes);
+        assert_eq!(gs[1].vcpu_count(), Some(1));
+        // A VM debugfs does not show keeps its unknown count and its note.
+        assert_eq!(gs[2].vcpu_count(), None);
+        assert_eq!(gs[2].notes.len(), 1);
     }
 
     #[test]

@@ -88,6 +88,10 @@ pub fn vm_fds(proc: &ProcRoot, pid: u32) -> Read<Vec<(i32, Option<u64>)>> {
     Read::Ok(out)
 }
 
+/// How the note on a guest whose vCPU fds could not be told apart begins
+/// (debugfs, where it is read, removes it).
+pub const UNMATCHED_VCPUS: &str = "this kernel does not tie vCPU fds";
+
 /// Scan one process. `Skip` when it is gone or closed to us.
 pub fn scan_pid(proc: &ProcRoot, pid: u32) -> Read<Vec<Guest>> {
     let fds = match proc.list_numeric(format!("{pid}/fd")) {
@@ -178,7 +182,8 @@ pub fn scan_pid(proc: &ProcRoot, pid: u32) -> Read<Vec<Guest>> {
         unmatched.sort_unstable();
         for g in &mut guests {
             g.notes.push(format!(
-                "{} vCPU fds (vcpu_id {:?}) cannot be matched to one of this process' {} VMs on this kernel",
+                "{UNMATCHED_VCPUS} ({} fds, vcpu_id {:?}) to one of this process' {} VMs \
+                 (debugfs, for root, or the registry's fdinfo would)",
                 unmatched.len(),
                 unmatched,
                 vms.len()
