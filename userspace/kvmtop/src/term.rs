@@ -9,7 +9,7 @@ use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyModifiers};
 use ratatui::layout::Rect;
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Clear, Paragraph};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Once, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -83,9 +83,18 @@ fn watchdog(end: Arc<AtomicUsize>) {
     }
 }
 
-/// Leave the alternate screen and raw mode (errors ignored: this runs on
-/// the way out, whatever state the terminal is in).
+/// Whether a view holds the terminal (raw mode, maybe the alternate
+/// screen): restoring twice would be wrong, not just wasted, since leaving
+/// the alternate screen also puts the cursor back where it was on entry,
+/// and a panic's message printed by then would be overwritten.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Leave the alternate screen and raw mode, once (errors ignored: this
+/// runs on the way out, whatever state the terminal is in).
 fn restore() {
+    if !TAKEN.swap(false, Ordering::SeqCst) {
+        return;
+    }
     let _ = crossterm::execute!(
         std::io::stdout(),
         crossterm::terminal::LeaveAlternateScreen,
@@ -96,6 +105,7 @@ fn restore() {
 
 fn take_over() -> std::io::Result<()> {
     crossterm::terminal::enable_raw_mode()?;
+    TAKEN.store(true, Ordering::SeqCst);
     crossterm::execute!(std::io::stdout(), crossterm::terminal::EnterAlternateScreen)
 }
 
@@ -121,6 +131,7 @@ impl TermGuard {
                 "the live view needs a terminal ({e}); for scripts use batch mode: kvmtop -b"
             )
         })?;
+        TAKEN.store(true, Ordering::SeqCst);
         let g = TermGuard;
         crossterm::execute!(std::io::stdout(), crossterm::terminal::EnterAlternateScreen)?;
         Ok(g)

@@ -415,6 +415,10 @@ pub fn run(cfg: &Config, args: &BatchArgs, syms: &SymbolArgs, sample: bool) -> a
     let mut prev = reader.read();
     sampler.follow(&prev.guests);
     let mut profiler: Option<Profiler> = None;
+    // Only for the test that a panic in the live view gives the terminal
+    // back with its message readable (tests/tmux.rs): nothing else panics
+    // on purpose.
+    let panic_after_first_frame = std::env::var_os("KVMTOP_TEST_PANIC").is_some();
     term.draw(|f| draw(f, &app))?;
     let mut frames = 0u64;
     let mut next = Instant::now() + Duration::from_millis(300).min(delay);
@@ -451,6 +455,10 @@ pub fn run(cfg: &Config, args: &BatchArgs, syms: &SymbolArgs, sample: bool) -> a
         prev = cur;
         term.draw(|f| draw(f, &app))?;
         frames += 1;
+        assert!(
+            !panic_after_first_frame,
+            "KVMTOP_TEST_PANIC is set: the live view panics after its first frame"
+        );
         if args.iterations.is_some_and(|n| frames >= n) {
             return Ok(());
         }

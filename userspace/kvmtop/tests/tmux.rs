@@ -137,6 +137,59 @@ impl Tmux {
         child.unwrap_or_else(|| panic!("the pane's shell {sh} runs no child"))
     }
 
+    /// Wait until kvmtop (`pid`) is stopped (`stopped`) or running again,
+    /// with the terminal given back or taken: the normal screen in cooked,
+    /// echoing mode while stopped, the alternate screen with frames after.
+    fn wait_stopped(&self, pid: u32, stopped: bool) {
+        let start = Instant::now();
+        let state = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| Some(s.rsplit_once(") ")?.1.starts_with('T')))
+        };
+        while state() != Some(stopped) {
+            assert!(
+                start.elapsed() < WAIT,
+                "kvmtop {pid} {} within {} s; screen:\n{}",
+                if stopped {
+                    "did not stop"
+                } else {
+                    "was not continued"
+                },
+                WAIT.as_secs(),
+                self.screen().unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if stopped {
+            // The process stops only after giving the terminal back.
+            assert_eq!(self.format("#{alternate_on}"), "0", "alternate screen kept");
+            let tty = self.format("#{pane_tty}");
+            let o = Command::new("stty")
+                .args(["-a", "-F", &tty])
+                .output()
+                .expect("run stty");
+            let modes = String::from_utf8_lossy(&o.stdout);
+            let has = |m: &str| modes.split([' ', ';', '\n']).any(|w| w == m);
+            assert!(
+                has("icanon") && has("echo"),
+                "a stopped kvmtop left {tty} raw:\n{modes}"
+            );
+        } else {
+            self.wait_for("kvmtop's screen again", |s| {
+                s.starts_with("kvmtop - ") && self.format("#{alternate_on}") == "1"
+            });
+        }
+    }
+
+    fn signal(&self, pid: u32, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {pid} failed");
+    }
+
     /// A tmux format of the pane, e.g. `#{alternate_on}`.
     fn format(&self, f: &str) -> String {
         let o = self.run(&["display-message", "-p", "-t", SESSION, f]);
@@ -224,7 +277,12 @@ fn quote(s: &str) -> String {
 /// The `sh -c` line: kvmtop with `args`, then its exit status and the
 /// terminal modes it left, then a pause so the pane stays readable.
 fn shell_line(args: &[&str]) -> String {
-    let mut l = quote(env!("CARGO_BIN_EXE_kvmtop"));
+    shell_line_env("", args)
+}
+
+/// [`shell_line`] with `env` (`NAME=value `) before the command.
+fn shell_line_env(env: &str, args: &[&str]) -> String {
+    let mut l = format!("{env}{}", quote(env!("CARGO_BIN_EXE_kvmtop")));
     for a in args {
         l.push(' ');
         l.push_str(&quote(a));
@@ -733,4 +791,51 @@ fn live_stat_in_tmux() {
     t.assert_quit_cleanly();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().expect("counter writer");
+}
+
+#[test]
+fn ctrl_z_and_sigtstp_give_the_terminal_back_and_sigcont_resumes_in_tmux() {
+    let test = "ctrl_z_and_sigtstp_give_the_terminal_back_and_sigcont_resumes_in_tmux";
+    if !tmux_present(test) {
+        return;
+    }
+    // No guests needed: the overview of whatever runs.
+    let t = Tmux::start("suspend", 120, 20, &shell_line(&["-d", "0.5"]));
+    t.wait_for("the first frame", |s| s.starts_with("kvmtop - "));
+    let pid = t.kvmtop_pid();
+    // Ctrl-Z reaches raw-mode kvmtop as a key; it suspends itself the way
+    // a shell's job control expects (the pane's sh -c has none, so the
+    // test continues it, as `fg` would).
+    t.press("C-z");
+    t.wait_stopped(pid, true);
+    t.signal(pid, "CONT");
+    t.wait_stopped(pid, false);
+    // SIGTSTP from outside (e.g. `kill -TSTP`) does the same.
+    t.signal(pid, "TSTP");
+    t.wait_stopped(pid, true);
+    t.signal(pid, "CONT");
+    t.wait_stopped(pid, false);
+    t.type_text("q");
+    t.assert_quit_cleanly();
+}
+
+#[test]
+fn a_panic_in_the_live_view_restores_the_terminal_and_shows_its_message_in_tmux() {
+    let test = "a_panic_in_the_live_view_restores_the_terminal_and_shows_its_message_in_tmux";
+    if !tmux_present(test) {
+        return;
+    }
+    let t = Tmux::start(
+        "panic",
+        160,
+        20,
+        &shell_line_env("KVMTOP_TEST_PANIC=1 ", &["-d", "0.3"]),
+    );
+    // Rust's exit status for a panic, with the terminal as it was.
+    t.assert_ended_cleanly(101);
+    let s = t.screen().unwrap_or_default();
+    assert!(
+        s.contains("the live view panics after its first frame"),
+        "the panic message is not on the normal screen:\n{s}"
+    );
 }
