@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     "strace",
     // kvmtop's tests/prometheus.rs: a real Prometheus scrapes `kvmtop serve`.
     "prometheus",
+    // kvmtop's tests/tmux.rs: the live views in a real terminal.
+    "tmux",
 ];
 
 /// The pinned base source: Debian package name and exact version.

@@ -5,9 +5,10 @@ use crate::kernel::{self, BuildSpec, Config, Tree};
 use crate::qemu::{self, RunResult};
 use crate::series::Series;
 use crate::suites::{self, Plan};
+use crate::tap::{Outcome, TestPoint};
 use crate::{check_series, cmd, deps, paths};
 use anyhow::{bail, Result};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// Builds the payload binaries next to the harness binary.
@@ -70,6 +71,40 @@ fn step(log: &mut Vec<(String, bool, f64)>, name: &str, f: impl FnOnce() -> Resu
     log.push((name.to_string(), ok, secs));
 }
 
+/// `cargo test` of the workspace on the host, its output streamed and
+/// kept: with `--show-output` what each test printed follows its result,
+/// so the skips it announced can be counted ([`crate::libtest`]).
+fn host_tests() -> Result<(bool, Vec<TestPoint>)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(paths::repo_root())
+        .args(["test", "--workspace", "--", "--show-output"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut text = String::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    let ok = child.wait()?.success();
+    Ok((ok, crate::libtest::parse(&text).points))
+}
+
+/// What a step's tests skipped or checked only in part: (step, point).
+type Unchecked = Vec<(String, TestPoint)>;
+
+fn unchecked(step: &str, points: &[TestPoint], into: &mut Unchecked) {
+    for p in points {
+        if p.outcome == Outcome::Skip || (p.outcome == Outcome::Pass && p.note.is_some()) {
+            into.push((step.to_string(), p.clone()));
+        }
+    }
+}
+
 fn cargo(args: &[&str]) -> Result<bool> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(paths::repo_root())
@@ -82,6 +117,7 @@ fn cargo(args: &[&str]) -> Result<bool> {
 /// failure so one run shows all that is broken.
 pub fn test_all() -> Result<bool> {
     let mut log = Vec::new();
+    let mut skipped = Unchecked::new();
     step(&mut log, "deps", || deps::run().map(|_| true));
     step(&mut log, "cargo fmt --check", || {
         cargo(&["fmt", "--all", "--", "--check"])
@@ -97,7 +133,9 @@ pub fn test_all() -> Result<bool> {
         ])
     });
     step(&mut log, "cargo test (host)", || {
-        cargo(&["test", "--workspace"])
+        let (ok, points) = host_tests()?;
+        unchecked("host", &points, &mut skipped);
+        Ok(ok)
     });
     if !Series::load()?.is_empty() {
         step(&mut log, "check-series", || {
@@ -140,6 +178,7 @@ pub fn test_all() -> Result<bool> {
             false,
         )?;
         qemu::report(&r);
+        unchecked("test VM, fast", &r.points, &mut skipped);
         Ok(passed(&r))
     });
     step(
@@ -159,6 +198,9 @@ pub fn test_all() -> Result<bool> {
         bail!("the thread running the debug kernel's suites panicked");
     };
     for (name, (result, secs), judge) in runs {
+        if let (Ok(r), "run --config debug") = (&result, name) {
+            unchecked("test VM, debug", &r.points, &mut skipped);
+        }
         println!("\n==== test: {name} (ran beside the steps above) ====");
         let ok = match result.and_then(|r| judge(&r)) {
             Ok(ok) => ok,
@@ -172,6 +214,22 @@ pub fn test_all() -> Result<bool> {
             if ok { "ok" } else { "FAILED" }
         );
         log.push((name.to_string(), ok, secs));
+    }
+    // Nothing skipped passes unseen: each skip, and each test that ran
+    // but could not check everything, with its reason. (In the test VM
+    // what the harness provides cannot be skipped: KVMREG_REQUIRE.)
+    println!("\n==== skipped or partly checked ({}) ====", skipped.len());
+    for (at, p) in &skipped {
+        println!(
+            "{:<13} {at}: {} ({})",
+            if p.outcome == Outcome::Skip {
+                "skipped"
+            } else {
+                "partly"
+            },
+            p.name,
+            p.note.as_deref().unwrap_or("")
+        );
     }
     println!("\n==== test summary ====");
     for (name, ok, secs) in &log {

@@ -189,7 +189,7 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
             }
             "lkdtm" => runs.push(script("lkdtm", "lkdtm.sh", 60)),
             "qemu-client" => runs.push(script("qemu-client", "qemu_client.sh", 120)),
-            "rust" => runs.extend(rust_tests()?),
+            "rust" => runs.extend(rust_tests(kernel)?),
             "libvirt-hook" => {
                 let mut run = script("libvirt-hook", "libvirt_hook.sh", 180);
                 let hook = crate::paths::repo_root().join("contrib/libvirt/qemu");
@@ -300,13 +300,25 @@ fn kvm_stat(kernel: &Kernel) -> PathBuf {
     tree.join("tools/kvm/kvm_stat/kvm_stat")
 }
 
+/// The facilities (`kvmreg-testkit`'s names) the test VM gives the Rust
+/// tests: KVM (nested, on the emulated CPU's SVM), tmux and prometheus
+/// (the host's, installed by `deps`), root, perf sampling, debugfs, and
+/// on the patched kernel the registry.
+fn provided(kernel: &Kernel) -> String {
+    let mut f = vec!["kvm", "tmux", "prometheus", "root", "perf", "debugfs"];
+    if kernel.tree == Tree::Patched {
+        f.push("registry");
+    }
+    f.join(",")
+}
+
 /// The userspace crates whose tests run inside the test VM: they must
 /// pass against the real registry, not only on the host's unpatched kernel.
 const RUST_PACKAGES: &[&str] = &["kvmreg", "kvmreg-fixture", "kvmtop"];
 
 /// Builds the test binaries of [`RUST_PACKAGES`] on the host (the guest sees
 /// the host's files read-only at the same paths) and makes each a suite.
-fn rust_tests() -> Result<Vec<SuiteRun>> {
+fn rust_tests(kernel: &Kernel) -> Result<Vec<SuiteRun>> {
     let mut cmd =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(crate::paths::repo_root())
@@ -338,6 +350,9 @@ fn rust_tests() -> Result<Vec<SuiteRun>> {
             // In the test VM guest-mode perf samples do arrive (the smoke
             // suite proves it), so the tests must check what needs them.
             "KVMREG_REQUIRE_GUEST_SAMPLES=1".into(),
+            // What the test VM provides: a test that would skip for want
+            // of one of these fails instead (kvmreg-testkit).
+            format!("KVMREG_REQUIRE={}", provided(kernel)),
             exe.into(),
             // One test at a time: the tests start real VMs, and the test
             // VM has two emulated CPUs. --show-output keeps what passing

@@ -12,12 +12,8 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn guest_samples_land_on_the_right_guest_and_function() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        eprintln!("SKIPPED: /dev/kvm not usable here ({e}); sampling was NOT tested");
+    let test = "guest_samples_land_on_the_right_guest_and_function";
+    if !kvmreg_testkit::kvm_usable(test) {
         return;
     }
     let dir = std::env::temp_dir().join(format!("kvmreg-sampling-{}", std::process::id()));
@@ -51,7 +47,11 @@ fn guest_samples_land_on_the_right_guest_and_function() {
         Err(e @ PerfError::Permission { .. }) => {
             let _ = child.kill();
             let _ = child.wait();
-            eprintln!("SKIPPED: {e}; sampling was NOT tested");
+            kvmreg_testkit::skip(
+                kvmreg_testkit::Facility::Perf,
+                test,
+                format_args!("{e}; sampling was NOT tested"),
+            );
             return;
         }
         Err(e) => panic!("{e}"),

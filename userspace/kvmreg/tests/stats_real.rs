@@ -9,19 +9,18 @@ use kvmreg::stats::{self, StatType};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 
-fn kvm() -> Option<kvm_ioctls::Kvm> {
-    match kvm_ioctls::Kvm::new() {
-        Ok(k) => Some(k),
-        Err(e) => {
-            eprintln!("SKIPPED: /dev/kvm not usable here ({e}); real stats were NOT tested");
-            None
-        }
+fn kvm(test: &str) -> Option<kvm_ioctls::Kvm> {
+    if !kvmreg_testkit::kvm_usable(test) {
+        return None;
     }
+    Some(kvm_ioctls::Kvm::new().expect("open /dev/kvm, which opened a moment ago"))
 }
 
 #[test]
 fn real_vm_and_vcpu_stats_parse() {
-    let Some(kvm) = kvm() else { return };
+    let Some(kvm) = kvm("real_vm_and_vcpu_stats_parse") else {
+        return;
+    };
     let vm = kvm.create_vm().expect("create VM");
     let vcpu = vm.create_vcpu(0).expect("create vCPU");
     let me = std::process::id();
@@ -71,7 +70,9 @@ fn real_vm_and_vcpu_stats_parse() {
 /// takes `exits` from it, not from debugfs.
 #[test]
 fn real_vcpu_stats_sum_the_vcpus_stats_fds() {
-    let Some(kvm) = kvm() else { return };
+    let Some(kvm) = kvm("real_vcpu_stats_sum_the_vcpus_stats_fds") else {
+        return;
+    };
     let vm = kvm.create_vm().expect("create VM");
     let vcpus: Vec<_> = (0..2)
         .map(|i| vm.create_vcpu(i).expect("create vCPU"))
@@ -86,7 +87,11 @@ fn real_vcpu_stats_sum_the_vcpus_stats_fds() {
         .as_ref()
         .map(|id| format!("/proc/self/kvm/{id}/vcpu_stats"));
     let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) else {
-        eprintln!("SKIPPED: no /proc/self/kvm/<id>/vcpu_stats (not a registry v2 kernel); vcpu_stats was NOT tested");
+        kvmreg_testkit::skip(
+            kvmreg_testkit::Facility::Registry,
+            "real_vcpu_stats_sum_the_vcpus_stats_fds",
+            "no /proc/self/kvm/<id>/vcpu_stats (not a registry v2 kernel); vcpu_stats was NOT tested",
+        );
         return;
     };
     let (layout, blocks, sums) = stats::parse_vcpu_sums(&bytes).expect("parse vcpu_stats");

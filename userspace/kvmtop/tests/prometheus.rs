@@ -97,9 +97,11 @@ fn serve_address(log: &Path, serve: &mut Child) -> String {
 fn prometheus_scrapes_serve_and_answers_a_query_for_the_fixture_guest() {
     let test = "prometheus_scrapes_serve_and_answers_a_query_for_the_fixture_guest";
     let Some(prometheus) = find_in_path("prometheus") else {
-        eprintln!(
-            "SKIPPED {test}: no `prometheus` binary in PATH (apt-get install prometheus); \
-             the Prometheus scrape was NOT tested"
+        kvmreg_testkit::skip(
+            kvmreg_testkit::Facility::Prometheus,
+            test,
+            "no `prometheus` binary in PATH (apt-get install prometheus); \
+             the Prometheus scrape was NOT tested",
         );
         return;
     };

@@ -30,7 +30,11 @@ fn tmux_present(test: &str) -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("tmux").is_file()));
     if !found {
-        eprintln!("SKIPPED {test}: tmux is not installed (apt-get install tmux); the views were NOT tested in a terminal");
+        kvmreg_testkit::skip(
+            kvmreg_testkit::Facility::Tmux,
+            test,
+            "tmux is not installed (apt-get install tmux); the views were NOT tested in a terminal",
+        );
     }
     found
 }

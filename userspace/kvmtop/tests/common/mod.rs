@@ -88,19 +88,9 @@ pub fn kvmtop_with_nofile(nofile: u32, args: &[&str]) -> Output {
     output_within(c, Duration::from_secs(60)).expect("kvmtop did not finish within 60 s")
 }
 
-pub fn kvm_usable(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIPPED {test}: /dev/kvm not usable here ({e}); the feature was NOT tested");
-            false
-        }
-    }
-}
+// Not every test binary that includes this module needs it.
+#[allow(unused_imports)]
+pub use kvmreg_testkit::kvm_usable;
 
 /// The fixture binary beside kvmtop in the target directory, built on
 /// demand (a `cargo test -p kvmtop` does not build other packages' bins).
