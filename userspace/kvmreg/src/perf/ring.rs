@@ -3,7 +3,7 @@
 use perf_event_open_sys::bindings::perf_event_mmap_page;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A mapped ring: one metadata page and `2^n` data pages.
 pub struct Ring {
@@ -72,19 +72,29 @@ impl Ring {
     /// space. Records that wrap are copied into one buffer.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
         let meta = self.base.cast::<perf_event_mmap_page>();
-        // SAFETY: meta points to the mapped metadata page; data_head is
-        // written by the kernel, hence the volatile read and the fence.
-        let head = unsafe { std::ptr::addr_of!((*meta).data_head).read_volatile() };
-        fence(Ordering::Acquire);
-        // SAFETY: as above; data_tail is ours to write.
-        let tail = unsafe { std::ptr::addr_of!((*meta).data_tail).read_volatile() };
+        // SAFETY: meta points to the mapped metadata page, which stays
+        // mapped while self lives; data_head and data_tail are naturally
+        // aligned u64s (offsets 1024 and 1032 of the page) that the kernel
+        // and this reader access only atomically. perf's protocol
+        // (include/uapi/linux/perf_event.h): load data_head with acquire
+        // semantics (the kernel publishes it with a release store after
+        // writing the records), and store data_tail with release semantics
+        // once the records are read, so the kernel never overwrites a
+        // record still being read.
+        let (head, tail) = unsafe {
+            (
+                AtomicU64::from_ptr(std::ptr::addr_of_mut!((*meta).data_head)),
+                AtomicU64::from_ptr(std::ptr::addr_of_mut!((*meta).data_tail)),
+            )
+        };
+        let head_now = head.load(Ordering::Acquire);
+        // Only this reader writes data_tail.
+        let tail_now = tail.load(Ordering::Relaxed);
         // SAFETY: data_offset + data_size lies within the mapping (checked).
         let data =
             unsafe { std::slice::from_raw_parts(self.base.add(self.data_offset), self.data_size) };
-        let tail = drain_records(data, head, tail, &mut f);
-        fence(Ordering::SeqCst);
-        // SAFETY: see above; tells the kernel the space is free.
-        unsafe { std::ptr::addr_of_mut!((*meta).data_tail).write_volatile(tail) };
+        let new_tail = drain_records(data, head_now, tail_now, &mut f);
+        tail.store(new_tail, Ordering::Release);
     }
 }
 
