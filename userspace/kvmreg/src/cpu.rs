@@ -29,6 +29,8 @@ pub struct ThreadTimes {
     pub utime: u64,
     pub stime: u64,
     pub guest_time: u64,
+    /// When the thread started, in clock ticks after boot (field 22).
+    pub start_ticks: u64,
     /// Resident set size in pages (field 24): the whole process'.
     pub rss_pages: u64,
 }
@@ -84,6 +86,7 @@ pub fn parse_stat(line: &str) -> Result<ThreadTimes, StatError> {
         utime: f.utime,
         stime: f.stime,
         guest_time: f.guest_time,
+        start_ticks: f.start_ticks,
         rss_pages: f.rss_pages,
     })
 }
@@ -94,11 +97,13 @@ struct Fields {
     state: char,
     utime: u64,
     stime: u64,
+    start_ticks: u64,
     rss_pages: u64,
     guest_time: u64,
 }
 
-/// State, utime, stime, rss and guest_time (fields 3, 14, 15, 24 and 43)
+/// State, utime, stime, start time, rss and guest_time (fields 3, 14, 15,
+/// 22, 24 and 43)
 /// from the fields after the comm as the kernel writes them, one space
 /// before each: the spaces are found eight bytes at a time, since a refresh
 /// parses one such line per guest. `None` for anything else (then
@@ -132,6 +137,7 @@ fn fields_single_spaced(rest: &[u8]) -> Option<Fields> {
     };
     let utime = num(field(14)?)?;
     let stime = num(field(15)?)?;
+    let start_ticks = num(field(22)?)?;
     let rss_pages = num(field(24)?)?;
     // guest_time exists since Linux 2.6.24; be lenient with older lines.
     let guest_time = match field(43) {
@@ -142,6 +148,7 @@ fn fields_single_spaced(rest: &[u8]) -> Option<Fields> {
         state,
         utime,
         stime,
+        start_ticks,
         rss_pages,
         guest_time,
     })
@@ -191,11 +198,13 @@ fn fields_any_spacing(rest: &str) -> Result<Fields, StatError> {
     // Field 14 is the 11th after field 3.
     let utime = num(rest.nth(14 - 4))?;
     let stime = num(rest.next())?;
-    let rss_pages = num(rest.nth(24 - 16))?;
+    let start_ticks = num(rest.nth(22 - 16))?;
+    let rss_pages = num(rest.nth(24 - 23))?;
     Ok(Fields {
         state,
         utime,
         stime,
+        start_ticks,
         rss_pages,
         guest_time: num(rest.nth(43 - 25)).unwrap_or(0),
     })
@@ -327,6 +336,7 @@ mod tests {
         f[0] = "R".into();
         f[14 - 3] = utime.to_string();
         f[15 - 3] = stime.to_string();
+        f[22 - 3] = "123456".into();
         f[24 - 3] = "3000".into();
         f[43 - 3] = guest.to_string();
         format!("{tid} ({comm}) {}\n", f.join(" "))
@@ -339,7 +349,7 @@ mod tests {
         assert_eq!(t.comm, "CPU 0/KVM) (x");
         assert_eq!((t.utime, t.stime, t.guest_time), (500, 20, 450));
         assert_eq!(t.host_user(), 50);
-        assert_eq!((t.state, t.rss_pages), ('R', 3000));
+        assert_eq!((t.state, t.start_ticks, t.rss_pages), ('R', 123456, 3000));
         // The kernel's single spaces take the byte walk; other spacing, and
         // a line of an old kernel without guest_time, the general one.
         let l = line(7, "x", 500, 20, 450);
@@ -354,7 +364,7 @@ mod tests {
             (t.state, t.utime, t.stime, t.guest_time),
             ('R', 500, 20, 450)
         );
-        assert_eq!(t.rss_pages, 3000);
+        assert_eq!((t.start_ticks, t.rss_pages), (123456, 3000));
         let old: String = l.split(' ').take(42).collect::<Vec<_>>().join(" ");
         let t = parse_stat(&old).unwrap();
         assert_eq!((t.utime, t.stime, t.guest_time), (500, 20, 0));

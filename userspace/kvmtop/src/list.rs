@@ -49,9 +49,7 @@ fn boottime_ns() -> Option<u64> {
 /// Seconds since the process started, from `<pid>/stat` and `uptime`.
 pub fn process_age(proc: &ProcRoot, pid: u32) -> Option<f64> {
     let stat = proc.read_string(format!("{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces and ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let start: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let start = kvmreg::cpu::parse_stat(&stat).ok()?.start_ticks;
     let uptime: f64 = proc
         .read_string("uptime")
         .ok()?
