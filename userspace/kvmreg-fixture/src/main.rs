@@ -24,6 +24,7 @@ use clap::Parser;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(about = "Run named KVM guests with known code, for kvmreg's tests and demo")]
@@ -64,11 +65,21 @@ struct Args {
     /// threads (about 8 beside the vCPUs).
     #[arg(long, default_value_t = 0)]
     extra_threads: u32,
+    /// CPU use of each --extra-threads thread in percent of a CPU (0 to
+    /// 100; 0: parked), spent in host user mode: a VMM's I/O threads at
+    /// work, for tools that tell vCPU CPU from the rest.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    extra_busy: u32,
+    /// Pin every thread of every VMM process to this host CPU (contention
+    /// on demand: two busy guests on one CPU each wait half the time).
+    #[arg(long, value_name = "CPU")]
+    cpu: Option<usize>,
 }
 
-/// Give this process `fds` more open eventfds and `threads` more parked
-/// threads, both kept for the life of the process.
-fn add_bulk(fds: u32, threads: u32) -> Result<()> {
+/// Give this process `fds` more open eventfds and `threads` more threads,
+/// parked or (`busy` > 0) burning `busy` percent of a CPU each, all kept
+/// for the life of the process.
+fn add_bulk(fds: u32, threads: u32, busy: u32) -> Result<()> {
     for _ in 0..fds {
         // SAFETY: eventfd takes an initial value and flags, returns an fd.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -79,10 +90,45 @@ fn add_bulk(fds: u32, threads: u32) -> Result<()> {
     for i in 0..threads {
         std::thread::Builder::new()
             .name(format!("worker-{i}"))
-            .spawn(|| loop {
-                std::thread::park();
-            })
+            .spawn(move || burn(busy))
             .context("thread for --extra-threads")?;
+    }
+    Ok(())
+}
+
+/// Spend `busy` percent of each 20 ms spinning, the rest asleep (0: park).
+fn burn(busy: u32) -> ! {
+    if busy == 0 {
+        loop {
+            std::thread::park();
+        }
+    }
+    let period = Duration::from_millis(20);
+    let spin = period * busy / 100;
+    loop {
+        let t = Instant::now();
+        while t.elapsed() < spin {
+            std::hint::spin_loop();
+        }
+        if spin < period {
+            std::thread::sleep(period - spin);
+        }
+    }
+}
+
+/// Pin this process (and the threads it starts later) to host CPU `cpu`.
+fn pin_to(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within
+    // it (cpu is checked against its size first).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        bail!("--cpu {cpu}: no such CPU");
+    }
+    // SAFETY: see above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: set is a valid cpu_set_t of the size passed; 0 is this thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("--cpu {cpu}"));
     }
     Ok(())
 }
@@ -138,9 +184,12 @@ fn main() -> Result<()> {
             return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE, 0)");
         }
     }
+    if let Some(cpu) = args.cpu {
+        pin_to(cpu)?;
+    }
     let kvm = kvm_ioctls::Kvm::new().context("opening /dev/kvm")?;
     if args.single_process {
-        add_bulk(args.extra_fds, args.extra_threads)?;
+        add_bulk(args.extra_fds, args.extra_threads, args.extra_busy)?;
         let mut guests = Vec::new();
         for name in &args.guests {
             guests.push(vm::start(&kvm, name, args.vcpus, mem, args.busy)?);
@@ -188,7 +237,7 @@ fn run_forked(kvm: &kvm_ioctls::Kvm, args: &Args, mem: usize) -> Result<()> {
                 std::process::exit(1);
             }
             let mut w = std::fs::File::from(wr);
-            let started = add_bulk(args.extra_fds, args.extra_threads)
+            let started = add_bulk(args.extra_fds, args.extra_threads, args.extra_busy)
                 .and_then(|()| vm::start(kvm, name, args.vcpus, mem, args.busy));
             let msg = match started {
                 Ok(g) => {

@@ -255,6 +255,25 @@ impl CpuRates {
     }
 }
 
+/// A thread's `schedstat` (`/proc/<pid>/task/<tid>/schedstat`, kernels
+/// with `CONFIG_SCHED_INFO`): nanoseconds on a CPU, and nanoseconds
+/// runnable but waiting for one (the run delay: for a vCPU thread, the
+/// time its guest was ready to run and the host gave it no CPU, which a
+/// guest sees as steal).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedStat {
+    pub run_ns: u64,
+    pub wait_ns: u64,
+}
+
+/// Parse a `schedstat` line: `run_ns wait_ns timeslices`.
+pub fn parse_schedstat(text: &str) -> Option<SchedStat> {
+    let mut f = text.split_ascii_whitespace().map(|v| v.parse::<u64>());
+    let run_ns = f.next()?.ok()?;
+    let wait_ns = f.next()?.ok()?;
+    Some(SchedStat { run_ns, wait_ns })
+}
+
 /// The clock tick of `/proc` times (`sysconf(_SC_CLK_TCK)`).
 pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no memory effects; a failure returns -1.
@@ -383,6 +402,20 @@ mod tests {
                 assert_eq!(nth_space(line, from, n), slow.get(n).copied(), "{from} {n}");
             }
         }
+    }
+
+    #[test]
+    fn schedstat_gives_run_and_wait() {
+        assert_eq!(
+            parse_schedstat("4018 90288 1\n"),
+            Some(SchedStat {
+                run_ns: 4018,
+                wait_ns: 90288
+            })
+        );
+        assert_eq!(parse_schedstat("4018\n"), None);
+        assert_eq!(parse_schedstat("a b c"), None);
+        assert_eq!(parse_schedstat(""), None);
     }
 
     #[test]

@@ -111,6 +111,32 @@ impl StatFile {
     }
 }
 
+/// `/proc/<pid>/task/<tid>/schedstat`, kept open: a thread's time on a
+/// CPU and waiting for one in one `pread`.
+#[derive(Debug)]
+pub struct SchedStatFile(KeptFile);
+
+impl SchedStatFile {
+    pub fn open(path: &Path) -> io::Result<SchedStatFile> {
+        KeptFile::open(path, 128).map(SchedStatFile)
+    }
+
+    /// The figures now; a vanished thread is an `ESRCH` error, a line
+    /// that does not parse `InvalidData`.
+    pub fn read(&mut self) -> io::Result<cpu::SchedStat> {
+        let bytes = self.0.read()?;
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(cpu::parse_schedstat)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: not a schedstat line", self.0.path().display()),
+                )
+            })
+    }
+}
+
 /// Raise this process' soft limit of open files to its hard limit, for a
 /// tool that keeps two files open per guest: the usual soft limit of 1024
 /// caps that at a few hundred guests. (Past its budget a

@@ -24,9 +24,9 @@
 //! not.
 
 use crate::backend::{debugfs, fd_scan, proc_kvm, stats_fd::StatsFdError};
-use crate::cpu::{CpuSnapshot, ThreadTimes};
+use crate::cpu::{CpuSnapshot, SchedStat, ThreadTimes};
 use crate::discover::{self, discover_with, BackendState, Config, Counters};
-use crate::kept::{StatFile, VcpuStatsError, VcpuStatsFile};
+use crate::kept::{SchedStatFile, StatFile, VcpuStatsError, VcpuStatsFile};
 use crate::procfs::{classify, Read, Skip};
 use crate::watch::{KvmEvent, KvmEventKind, UeventSocket};
 use crate::{Guest, GuestName, Source};
@@ -134,6 +134,8 @@ pub struct Tracker {
     vcpu_stats: FxHashMap<u64, VcpuStats>,
     /// Kept-open `stat` files by (pid, tid); tid 0 is the whole process.
     stat_files: FxHashMap<(u32, u32), (StatFile, u64)>,
+    /// Kept-open `schedstat` files of vCPU threads, by (pid, tid).
+    sched_files: FxHashMap<(u32, u32), (SchedStatFile, u64)>,
     /// Refresh count, to close the `stat` files of guests no longer read.
     generation: u64,
     /// Files kept open now (`stat` and `vcpu_stats`), and how many may be:
@@ -211,6 +213,7 @@ impl Tracker {
             listed: HashSet::new(),
             vcpu_stats: FxHashMap::default(),
             stat_files: FxHashMap::default(),
+            sched_files: FxHashMap::default(),
             generation: 0,
             kept: 0,
             kept_budget: kept_budget(),
@@ -285,6 +288,7 @@ impl Tracker {
     pub fn refresh(&mut self) {
         self.generation += 1;
         self.kept = self.stat_files.len()
+            + self.sched_files.len()
             + self
                 .vcpu_stats
                 .values()
@@ -543,37 +547,46 @@ impl Tracker {
     }
 
     fn times(&mut self, pid: u32, tid: u32) -> std::io::Result<ThreadTimes> {
-        let gen = self.generation;
-        let room = self.kept < self.kept_budget;
-        let file = match self.stat_files.entry((pid, tid)) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let rel = if tid == 0 {
-                    format!("{pid}/stat")
-                } else {
-                    format!("{pid}/task/{tid}/stat")
-                };
-                let f = StatFile::open(&self.cfg.proc_root.join(rel))?;
-                if !room {
-                    // Over the budget: read now, keep nothing open.
-                    let mut f = f;
-                    return f.times();
-                }
-                self.kept += 1;
-                v.insert((f, gen))
+        let rel = || {
+            if tid == 0 {
+                format!("{pid}/stat")
+            } else {
+                format!("{pid}/task/{tid}/stat")
             }
         };
-        file.1 = gen;
-        let r = file.0.times();
-        if r.is_err() {
-            self.stat_files.remove(&(pid, tid));
-        }
-        r
+        kept_files!(self).read(
+            &mut self.stat_files,
+            (pid, tid),
+            rel,
+            StatFile::open,
+            StatFile::times,
+        )
+    }
+
+    /// The CPU time and run delay of thread `tid` of `pid`, from its
+    /// `schedstat` kept open (one `pread`): a vCPU thread's run delay is
+    /// the time its guest was runnable and got no host CPU. Read only for
+    /// who asks (kvmtop's STEAL column): a file per vCPU more.
+    pub fn sched(&mut self, pid: u32, tid: u32) -> std::io::Result<SchedStat> {
+        let rel = || format!("{pid}/task/{tid}/schedstat");
+        kept_files!(self).read(
+            &mut self.sched_files,
+            (pid, tid),
+            rel,
+            SchedStatFile::open,
+            SchedStatFile::read,
+        )
+    }
+
+    /// The CPU times of thread `tid` of `pid` (its `stat`, kept open).
+    pub fn thread_times(&mut self, pid: u32, tid: u32) -> std::io::Result<ThreadTimes> {
+        self.times(pid, tid)
     }
 
     fn close_unused_stat_files(&mut self) {
         let keep_from = self.generation.saturating_sub(1);
         self.stat_files.retain(|_, (_, used)| *used >= keep_from);
+        self.sched_files.retain(|_, (_, used)| *used >= keep_from);
     }
 
     /// The counters of guest `index` (in [`guests`](Self::guests)) named in
@@ -800,6 +813,63 @@ impl Tracker {
 
 /// How many files a tracker may keep open: the soft `RLIMIT_NOFILE` less a
 /// quarter (at least 64) for everything else the process opens.
+/// The tracker's budget of kept-open files, lent to one read (a macro, not
+/// a method, so that the map read is borrowed beside it).
+macro_rules! kept_files {
+    ($t:expr) => {
+        KeptFiles {
+            root: &$t.cfg.proc_root,
+            generation: $t.generation,
+            kept: &mut $t.kept,
+            budget: $t.kept_budget,
+        }
+    };
+}
+use kept_files;
+
+/// The tracker's budget of kept-open files, lent to one read.
+struct KeptFiles<'a> {
+    root: &'a crate::procfs::ProcRoot,
+    generation: u64,
+    kept: &'a mut usize,
+    budget: usize,
+}
+
+impl KeptFiles<'_> {
+    /// Read `key`'s file in `map` with `read`, opening it (at `rel()`
+    /// under the proc root) the first time. Within the budget the file
+    /// stays open, marked used in this generation; past it, it is read
+    /// once and closed. A failed read closes it (a vanished thread's file
+    /// fails for ever).
+    fn read<F, T>(
+        &mut self,
+        map: &mut FxHashMap<(u32, u32), (F, u64)>,
+        key: (u32, u32),
+        rel: impl FnOnce() -> String,
+        open: impl FnOnce(&std::path::Path) -> std::io::Result<F>,
+        read: impl FnOnce(&mut F) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let file = match map.entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let mut f = open(&self.root.join(rel()))?;
+                if *self.kept >= self.budget {
+                    // Over the budget: read now, keep nothing open.
+                    return read(&mut f);
+                }
+                *self.kept += 1;
+                v.insert((f, self.generation))
+            }
+        };
+        file.1 = self.generation;
+        let r = read(&mut file.0);
+        if r.is_err() {
+            map.remove(&key);
+        }
+        r
+    }
+}
+
 fn kept_budget() -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

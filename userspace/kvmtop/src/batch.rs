@@ -1,6 +1,6 @@
 //! `kvmtop -b`: the overview as text or JSON frames, like `top -b`.
 
-use crate::cli::BatchArgs;
+use crate::cli::{BatchArgs, Extra};
 use crate::frame;
 use crate::out::emit;
 use crate::render;
@@ -8,11 +8,12 @@ use crate::sampling::HeaderSampler;
 use kvmreg::Config;
 use std::time::Instant;
 
-pub fn run(cfg: &Config, args: &BatchArgs, sample: bool) -> anyhow::Result<()> {
+pub fn run(cfg: &Config, args: &BatchArgs, sample: bool, extra: Extra) -> anyhow::Result<()> {
     let delay = args.delay();
     let n = args.iterations.unwrap_or(1);
     let mut sampler = HeaderSampler::with(sample);
     let mut reader = frame::Reader::new(cfg);
+    reader.threads = extra.threads();
     let mut prev = reader.read();
     sampler.follow(&prev.guests);
     // Frames on a fixed beat (`-d` apart, not `-d` plus the frame's own
@@ -31,7 +32,7 @@ pub fn run(cfg: &Config, args: &BatchArgs, sample: bool) -> anyhow::Result<()> {
         let text = if args.json {
             format!("{}\n", serde_json::to_string(&f)?)
         } else {
-            format!("{}\n", render::frame_text(&f))
+            format!("{}\n", render::frame_text(&f, extra))
         };
         if !emit(&text)? {
             return Ok(());

@@ -41,11 +41,45 @@ pub struct Cli {
     /// and would add to the exits the view shows.
     #[arg(long)]
     pub sample: bool,
+    /// Columns off by default, comma-separated: steal (vCPU threads
+    /// runnable but waiting for a host CPU), other (CPU of the VMM's
+    /// threads that are not vCPUs). Each reads two more kept-open files a
+    /// vCPU. In the live view W and O switch them.
+    #[arg(long, value_delimiter = ',', value_name = "COLUMNS")]
+    pub columns: Vec<ExtraColumn>,
     /// Symbols for the profile the live view opens on Enter.
     #[command(flatten)]
     pub syms: SymbolArgs,
     #[command(flatten)]
     pub roots: Roots,
+}
+
+/// A column that is off unless asked for.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtraColumn {
+    Steal,
+    Other,
+}
+
+/// Which of the optional columns are shown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extra {
+    pub steal: bool,
+    pub other: bool,
+}
+
+impl Extra {
+    pub fn of(cols: &[ExtraColumn]) -> Extra {
+        Extra {
+            steal: cols.contains(&ExtraColumn::Steal),
+            other: cols.contains(&ExtraColumn::Other),
+        }
+    }
+
+    /// Whether the vCPU threads must be read ([`crate::frame::Reader::threads`]).
+    pub fn threads(self) -> bool {
+        self.steal || self.other
+    }
 }
 
 /// Where kvmtop looks; hidden, for tests on fake trees.

@@ -39,6 +39,16 @@ pub struct Reading {
     pub cpu: FxHashMap<u32, CpuSnapshot>,
     pub counters: FxHashMap<GuestKey, Result<FrameCounters, String>>,
     pub host: Option<HostTimes>,
+    /// Each vCPU thread's CPU times and run delay, by tid: read only when
+    /// a column needs them ([`Reader::threads`]).
+    pub threads: FxHashMap<u32, ThreadFacts>,
+}
+
+/// What a frame reads of one vCPU thread for the STEAL and OTHER columns.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadFacts {
+    pub times: Option<cpu::ThreadTimes>,
+    pub sched: Option<cpu::SchedStat>,
 }
 
 /// What reads the frames: the guest set kept between frames, and the
@@ -46,6 +56,9 @@ pub struct Reading {
 pub struct Reader {
     pub tracker: Tracker,
     host_stat: Option<KeptFile>,
+    /// Read each vCPU thread's `stat` and `schedstat` too (two kept files
+    /// a vCPU): what STEAL and OTHER need, off unless they are shown.
+    pub threads: bool,
 }
 
 impl Reader {
@@ -54,12 +67,16 @@ impl Reader {
         Reader {
             host_stat: KeptFile::open(&cfg.proc_root.join("stat"), 4096).ok(),
             tracker: Tracker::new(cfg.clone()),
+            threads: false,
         }
     }
 
     /// Read everything once (see [`read`]).
     pub fn read(&mut self) -> Reading {
         let mut r = read(&mut self.tracker);
+        if self.threads {
+            r.threads = read_threads(&mut self.tracker, &r.guests);
+        }
         r.host = self
             .host_stat
             .as_mut()
@@ -134,7 +151,25 @@ pub fn read(t: &mut Tracker) -> Reading {
         cpu,
         counters,
         host: None,
+        threads: FxHashMap::default(),
     }
+}
+
+/// The `stat` and `schedstat` of every known vCPU thread of `guests`.
+pub fn read_threads(t: &mut Tracker, guests: &[Arc<Guest>]) -> FxHashMap<u32, ThreadFacts> {
+    let mut m = FxHashMap::default();
+    for g in guests {
+        for tid in g.vcpus.iter().filter_map(|v| v.tid) {
+            m.insert(
+                tid,
+                ThreadFacts {
+                    times: t.thread_times(g.pid, tid).ok(),
+                    sched: t.sched(g.pid, tid).ok(),
+                },
+            );
+        }
+    }
+    m
 }
 
 /// One guest's line in a frame.
@@ -158,6 +193,23 @@ pub struct Row {
     /// Which threads the CPU columns sum: `process` or `vcpu-threads`
     /// (when one process runs several VMs).
     pub cpu_scope: &'static str,
+    /// Steal: the share of the interval the vCPU threads were runnable
+    /// but waiting for a host CPU, averaged over the vCPUs (percent; a
+    /// guest sees this as steal time). `null` unless vCPU threads are read
+    /// (the STEAL column, `--columns steal`) and known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steal_pct: Option<f64>,
+    /// The same per vCPU, in vCPU order (`null` for a vCPU whose thread is
+    /// unknown).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vcpu_steal_pct: Vec<Option<f64>>,
+    /// CPU of the VMM's threads that are not vCPUs (I/O threads, the main
+    /// loop, in-process vhost workers), percent of one host CPU: the
+    /// process' CPU less its vCPU threads'. `null` unless vCPU threads are
+    /// read (`--columns other`), every vCPU's thread is known, and the
+    /// process runs this VM alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_pct: Option<f64>,
     pub exits_per_s: Option<f64>,
     /// Successful / attempted halt polls over the interval.
     pub halt_poll_ratio: Option<f64>,
@@ -302,6 +354,7 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         (None, Some(r)) => (Some(r), Some("vmm-rss")),
         (None, None) => (None, None),
     };
+    let (steal_pct, vcpu_steal_pct, other_pct) = thread_figures(prev, cur, g, shared, secs);
     let k = g.key();
     let counters = cur.counters.get(&k);
     let pair = match (prev.counters.get(&k), counters) {
@@ -319,6 +372,9 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         host_system_pct: p.map(|p| p.2),
         host_user_pct: p.map(|p| p.3),
         cpu_scope: if shared { "vcpu-threads" } else { "process" },
+        steal_pct,
+        vcpu_steal_pct,
+        other_pct,
         exits_per_s: pair.and_then(|(a, b)| counter_rate(a, b, EXITS, secs)),
         halt_poll_ratio: pair.and_then(|(a, b)| halt_poll_ratio(a, b)),
         memory_bytes,
@@ -346,6 +402,52 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         },
         guest: Arc::clone(g),
     }
+}
+
+/// STEAL (the guest's, and each vCPU's) and OTHER between two readings
+/// that read the vCPU threads ([`Reader::threads`]); nothing when they
+/// did not.
+fn thread_figures(
+    prev: &Reading,
+    cur: &Reading,
+    g: &Guest,
+    shared: bool,
+    secs: f64,
+) -> (Option<f64>, Vec<Option<f64>>, Option<f64>) {
+    if cur.threads.is_empty() || prev.threads.is_empty() || secs <= 0.0 {
+        return (None, Vec::new(), None);
+    }
+    let both = |tid: Option<u32>| Some((prev.threads.get(&tid?)?, cur.threads.get(&tid?)?));
+    let per_vcpu: Vec<Option<f64>> = g
+        .vcpus
+        .iter()
+        .map(|v| {
+            let (a, b) = both(v.tid)?;
+            let (a, b) = (a.sched?, b.sched?);
+            let waited = b.wait_ns.saturating_sub(a.wait_ns) as f64 / 1e9;
+            Some((100.0 * waited / secs).min(100.0))
+        })
+        .collect();
+    let known: Vec<f64> = per_vcpu.iter().flatten().copied().collect();
+    let steal = (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64);
+    // OTHER: the process' CPU less every vCPU thread's, in ticks.
+    let other = (|| {
+        if shared || g.vcpus.is_empty() {
+            return None;
+        }
+        let busy = |t: &cpu::ThreadTimes| t.utime.saturating_add(t.stime);
+        let proc_a = prev.cpu.get(&g.pid)?.threads.get(&g.pid)?;
+        let proc_b = cur.cpu.get(&g.pid)?.threads.get(&g.pid)?;
+        let mut vcpus = 0u64;
+        for v in &g.vcpus {
+            let (a, b) = both(v.tid)?;
+            vcpus += busy(b.times.as_ref()?).saturating_sub(busy(a.times.as_ref()?));
+        }
+        let all = busy(proc_b).saturating_sub(busy(proc_a));
+        let hz = cpu::clock_ticks_per_second();
+        Some(100.0 * all.saturating_sub(vcpus) as f64 / hz / secs)
+    })();
+    (steal, per_vcpu, other)
 }
 
 fn counter_source(c: Option<&Result<FrameCounters, String>>, i: usize) -> Option<Source> {

@@ -19,7 +19,7 @@ mod term;
 mod tui;
 
 use clap::Parser;
-use cli::{Cli, Command};
+use cli::{Cli, Command, Extra};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -54,8 +54,8 @@ fn run(c: Cli) -> anyhow::Result<()> {
     check_symbol_options(&c)?;
     let cfg = config(&c);
     match c.command {
-        None if c.batch.batch => batch::run(&cfg, &c.batch, c.sample),
-        None => tui::run(&cfg, &c.batch, &c.syms, c.sample),
+        None if c.batch.batch => batch::run(&cfg, &c.batch, c.sample, Extra::of(&c.columns)),
+        None => tui::run(&cfg, &c.batch, &c.syms, c.sample, Extra::of(&c.columns)),
         Some(Command::List { json, all }) => list::run(&cfg, json || c.batch.json, all),
         Some(Command::Stat { guest, batch }) => {
             stat::run(&cfg, guest.guest.as_deref(), &batch.or(&c.batch))

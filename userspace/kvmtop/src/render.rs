@@ -2,6 +2,7 @@
 //! columns that stay put from frame to frame (batch mode and the live
 //! view share them).
 
+use crate::cli::Extra;
 use crate::frame::{Frame, Row, SamplingSummary};
 
 /// `1.5G`, `512M`, `64K`, `-` when unknown.
@@ -179,36 +180,49 @@ pub fn header(f: &Frame) -> Vec<String> {
     v
 }
 
-/// The column titles; [`row`] pads to the same widths.
-pub fn columns() -> String {
-    format!(
-        "{:<20} {:>6} {:>8} {} {:>5} {:>6} {:>6} {:>6} {:>6} {:>9} {:>5} {:>7} {}",
-        "NAME",
-        "ID",
-        "PID",
-        "S",
-        "VCPUS",
-        "%CPU",
-        "%GUEST",
-        "%SYS",
-        "%USER",
-        "EXITS/s",
-        "HPOLL",
-        "MEMORY",
-        "COMMAND"
-    )
+/// The column titles; [`row`] pads to the same widths. The optional
+/// columns (`extra`) come after %USER.
+pub fn columns(extra: Extra) -> String {
+    let mut s = format!(
+        "{:<20} {:>6} {:>8} {} {:>5} {:>6} {:>6} {:>6} {:>6}",
+        "NAME", "ID", "PID", "S", "VCPUS", "%CPU", "%GUEST", "%SYS", "%USER",
+    );
+    if extra.steal {
+        s.push_str(&format!(" {:>6}", "%STEAL"));
+    }
+    if extra.other {
+        s.push_str(&format!(" {:>6}", "%OTHER"));
+    }
+    s.push_str(&format!(
+        " {:>9} {:>5} {:>7} {}",
+        "EXITS/s", "HPOLL", "MEMORY", "COMMAND"
+    ));
+    s
 }
 
-pub fn row(r: &Row) -> String {
+pub fn row(r: &Row, extra: Extra) -> String {
     let mut s = String::with_capacity(100);
-    row_into(&mut s, r);
+    row_into(&mut s, r, extra);
     s
+}
+
+/// A percentage cell of `w` columns, `-` when unknown.
+fn pct_cell(out: &mut String, v: Option<f64>, w: usize) {
+    out.push(' ');
+    match v {
+        Some(v) => fixed(out, v, w, 1),
+        None => {
+            let at = out.len();
+            out.push('-');
+            pad_from(out, at, w);
+        }
+    }
 }
 
 /// [`row`], appended to `out`: cell by cell into one buffer, with one
 /// allocation (the label) instead of one per cell, since a frame of a
 /// thousand guests formats a thousand rows every interval.
-pub fn row_into(out: &mut String, r: &Row) {
+pub fn row_into(out: &mut String, r: &Row, extra: Extra) {
     let start = out.len();
     r.label_into(out);
     let chars = out[start..].chars().count();
@@ -236,23 +250,16 @@ pub fn row_into(out: &mut String, r: &Row) {
         Some(n) => uint(out, n as u64, 5),
         None => out.push_str("    -"),
     }
-    for (v, w) in [
-        (r.cpu_pct, 6),
-        (r.guest_pct, 6),
-        (r.host_system_pct, 6),
-        (r.host_user_pct, 6),
-        (r.exits_per_s, 9),
-    ] {
-        out.push(' ');
-        match v {
-            Some(v) => fixed(out, v, w, 1),
-            None => {
-                let at = out.len();
-                out.push('-');
-                pad_from(out, at, w);
-            }
-        }
+    for v in [r.cpu_pct, r.guest_pct, r.host_system_pct, r.host_user_pct] {
+        pct_cell(out, v, 6);
     }
+    if extra.steal {
+        pct_cell(out, r.steal_pct, 6);
+    }
+    if extra.other {
+        pct_cell(out, r.other_pct, 6);
+    }
+    pct_cell(out, r.exits_per_s, 9);
     out.push(' ');
     match r.halt_poll_ratio {
         Some(v) => fixed(out, v, 5, 2),
@@ -270,14 +277,14 @@ pub fn row_into(out: &mut String, r: &Row) {
 }
 
 /// A whole frame as text, as `kvmtop -b` prints it.
-pub fn frame_text(f: &Frame) -> String {
+pub fn frame_text(f: &Frame, extra: Extra) -> String {
     let mut out = header(f).join("\n");
     out.push_str("\n\n");
-    out.push_str(&columns());
+    out.push_str(&columns(extra));
     out.push('\n');
     out.reserve(f.guests.len() * 100);
     for r in &f.guests {
-        row_into(&mut out, r);
+        row_into(&mut out, r, extra);
         out.push('\n');
     }
     if f.guests
@@ -364,6 +371,9 @@ mod tests {
             host_system_pct: Some(45.0),
             host_user_pct: Some(5.0),
             cpu_scope: "process",
+            steal_pct: Some(12.5),
+            vcpu_steal_pct: vec![Some(25.0), Some(0.0)],
+            other_pct: None,
             exits_per_s: None,
             halt_poll_ratio: Some(0.5),
             memory_bytes: Some(1 << 30),
@@ -377,11 +387,20 @@ mod tests {
             stats_error: None,
             guest: g.into(),
         };
-        let line = row(&r);
-        let cols = columns();
+        let line = row(&r, Extra::default());
+        let cols = columns(Extra::default());
         // Every column but the last, COMMAND, has its width.
         let fixed = |l: &str| l.rfind(' ').map(|i| l[..i].len());
         assert_eq!(fixed(&line), fixed(&cols), "{line}\n{cols}");
+        // So with the optional columns, after %USER.
+        let both = Extra {
+            steal: true,
+            other: true,
+        };
+        let (l2, c2) = (row(&r, both), columns(both));
+        assert_eq!(fixed(&l2), fixed(&c2), "{l2}\n{c2}");
+        assert!(c2.contains(" %USER %STEAL %OTHER   EXITS/s "), "{c2}");
+        assert!(l2.contains("   5.0   12.5      -         - "), "{l2}");
         assert!(line.starts_with("a-very-long-guest-n+ "), "{line}");
         assert!(line.contains(" 4242 T     2 "), "{line}");
         assert!(line.contains(" 150.0 ") && line.contains(" 0.50 "));
@@ -392,6 +411,7 @@ mod tests {
             command: None,
             ..r
         };
-        assert!(row(&r).ends_with("    1G* -"), "{}", row(&r));
+        let line = row(&r, Extra::default());
+        assert!(line.ends_with("    1G* -"), "{line}");
     }
 }

@@ -45,6 +45,14 @@ struct GuestLabels {
     pid: u32,
 }
 
+/// The per-vCPU families' labels: the guest's, and the vCPU's index.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VcpuLabels {
+    #[prometheus(flatten)]
+    guest: GuestLabels,
+    vcpu: u32,
+}
+
 /// `kvmtop_guest_info`'s labels: the guest's, and where it was found.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabels {
@@ -178,10 +186,60 @@ pub fn exposition(r: &Reading) -> String {
         "1 if KVM's stats of the guest could be read",
         readable,
     );
+    register_thread_families(&mut reg, r);
     let mut o = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut o, &reg);
     o
+}
+
+/// `kvmtop_guest_vcpu_wait_seconds` (each vCPU thread's run delay: its
+/// rate is the vCPU's steal) and `kvmtop_guest_other_cpu_seconds` (the
+/// VMM's CPU less its vCPU threads', for a process running one VM).
+fn register_thread_families(reg: &mut Registry, r: &Reading) {
+    let wait = Family::<VcpuLabels, Counter<f64, AtomicU64>>::default();
+    let other = Family::<GuestLabels, Counter<f64, AtomicU64>>::default();
+    let vms_of = crate::frame::vms_per_pid(&r.guests);
+    let hz = cpu::clock_ticks_per_second();
+    let busy = |t: &cpu::ThreadTimes| t.utime.saturating_add(t.stime);
+    for g in &r.guests {
+        let mut vcpu_ticks = Some(0u64);
+        for v in &g.vcpus {
+            let facts = v.tid.and_then(|t| r.threads.get(&t));
+            if let Some(s) = facts.and_then(|f| f.sched) {
+                wait.get_or_create(&VcpuLabels {
+                    guest: labels(g),
+                    vcpu: v.index,
+                })
+                .inc_by(s.wait_ns as f64 / 1e9);
+            }
+            vcpu_ticks = match (vcpu_ticks, facts.and_then(|f| f.times.as_ref())) {
+                (Some(n), Some(t)) => Some(n + busy(t)),
+                _ => None,
+            };
+        }
+        let alone = vms_of.get(&g.pid).is_some_and(|&n| n == 1);
+        let process = r
+            .cpu
+            .get(&g.pid)
+            .and_then(|s| s.threads.get(&g.pid))
+            .map(busy);
+        if let (true, false, Some(v), Some(p)) = (alone, g.vcpus.is_empty(), vcpu_ticks, process) {
+            other
+                .get_or_create(&labels(g))
+                .inc_by(p.saturating_sub(v) as f64 / hz);
+        }
+    }
+    reg.register(
+        "guest_vcpu_wait_seconds",
+        "Time each vCPU thread was runnable but waiting for a host CPU (its rate is the vCPU's steal)",
+        wait,
+    );
+    reg.register(
+        "guest_other_cpu_seconds",
+        "CPU time of the VMM's threads that are not vCPUs (I/O threads, main loop, in-process vhost workers)",
+        other,
+    );
 }
 
 /// Limits of the server: what one client can hold or make it buffer.
@@ -353,7 +411,13 @@ pub fn run(
         );
         let st = Arc::new(State {
             header_timeout,
-            reader: Mutex::new(frame::Reader::new(cfg)),
+            reader: Mutex::new({
+                // Scrapes are seconds apart: the vCPU threads' figures
+                // (steal, other) are worth their two files a vCPU here.
+                let mut r = frame::Reader::new(cfg);
+                r.threads = true;
+                r
+            }),
             served: AtomicU64::new(0),
             max,
             done: Notify::new(),
@@ -395,6 +459,7 @@ mod tests {
             cpu: Default::default(),
             counters,
             host: None,
+            threads: Default::default(),
         };
         let t = exposition(&r);
         // The label value is escaped by the encoder.
@@ -415,5 +480,71 @@ mod tests {
             "{t}"
         );
         assert!(t.ends_with("# EOF\n"), "{t}");
+    }
+
+    fn times(tid: u32, utime: u64, stime: u64) -> kvmreg::cpu::ThreadTimes {
+        kvmreg::cpu::ThreadTimes {
+            tid,
+            comm: "t".into(),
+            state: 'S',
+            utime,
+            stime,
+            guest_time: 0,
+            start_ticks: 0,
+            rss_pages: 0,
+        }
+    }
+
+    #[test]
+    fn vcpu_wait_and_other_cpu_are_counters() {
+        let hz = cpu::clock_ticks_per_second() as u64;
+        let mut g = Guest::new(42);
+        g.name = Some(GuestName::Kernel("web".into()));
+        g.vcpus.push(kvmreg::Vcpu {
+            index: 0,
+            vcpu_id: Some(0),
+            tid: Some(50),
+            tid_source: None,
+            fd: None,
+        });
+        let mut threads: rustc_hash::FxHashMap<u32, frame::ThreadFacts> = Default::default();
+        threads.insert(
+            50,
+            frame::ThreadFacts {
+                times: Some(times(50, 3 * hz, hz)),
+                sched: Some(kvmreg::cpu::SchedStat {
+                    run_ns: 4_000_000_000,
+                    wait_ns: 1_500_000_000,
+                }),
+            },
+        );
+        let mut cpu_map: rustc_hash::FxHashMap<u32, CpuSnapshot> = Default::default();
+        cpu_map.insert(
+            42,
+            CpuSnapshot {
+                pid: 42,
+                at: Instant::now(),
+                threads: [(42, times(42, 5 * hz, 2 * hz))].into_iter().collect(),
+            },
+        );
+        let r = Reading {
+            at: Instant::now(),
+            guests: vec![g.into()],
+            backends: vec![],
+            cpu: cpu_map,
+            counters: Default::default(),
+            host: None,
+            threads,
+        };
+        let t = exposition(&r);
+        let l = "name=\"web\",id=\"\",pid=\"42\"";
+        for want in [
+            "# TYPE kvmtop_guest_vcpu_wait_seconds counter".to_string(),
+            format!("kvmtop_guest_vcpu_wait_seconds_total{{{l},vcpu=\"0\"}} 1.5"),
+            // 7 s of the process less 4 s of its vCPU thread.
+            format!("kvmtop_guest_other_cpu_seconds_total{{{l}}} 3.0"),
+        ] {
+            assert!(t.contains(&want), "no {want} in:\n{t}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! State and key handling ([`App`]) and drawing ([`draw`]) are free of the
 //! terminal, so tests render into ratatui's `TestBackend` and read the text.
 
-use crate::cli::{BatchArgs, SymbolArgs};
+use crate::cli::{BatchArgs, Extra, SymbolArgs};
 use crate::frame::{self, Frame as KFrame, Row, SamplingSummary};
 use crate::profile::{self, ProfileFrame, Profiler};
 use crate::render;
@@ -84,6 +84,9 @@ pub struct App {
     scroll: Cell<usize>,
     page: Cell<usize>,
     pub profile: Option<ProfileScreen>,
+    /// The optional columns shown (`--columns`, W and O): kept for the
+    /// whole run, whichever view is open.
+    pub extra: Extra,
 }
 
 impl Default for App {
@@ -108,6 +111,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("s", "next sort column"),
     ("P N I X M", "sort by %CPU, name, pid, exits/s, memory"),
     ("r", "reverse the sort"),
+    (
+        "W O",
+        "show or hide %STEAL (vCPUs waiting for a host CPU), %OTHER (non-vCPU threads' CPU)",
+    ),
     ("/", "filter by name, pid or id (Enter ends input)"),
     ("Ctrl-Z", "suspend (the shell's fg resumes)"),
 ];
@@ -132,6 +139,7 @@ impl App {
             scroll: Cell::new(0),
             page: Cell::new(1),
             profile: None,
+            extra: Extra::default(),
         }
     }
 
@@ -259,6 +267,8 @@ impl App {
             KeyCode::Char('X') => self.sort = Sort::Exits,
             KeyCode::Char('M') => self.sort = Sort::Memory,
             KeyCode::Char('r') => self.reverse = !self.reverse,
+            KeyCode::Char('W') => self.extra.steal = !self.extra.steal,
+            KeyCode::Char('O') => self.extra.other = !self.extra.other,
             KeyCode::Char('/') => {
                 self.editing_filter = true;
                 self.filter.clear();
@@ -311,7 +321,7 @@ fn overview_lines(app: &App, height: usize) -> Vec<Line<'static>> {
     };
     lines.push(Line::from(status));
     lines.push(Line::styled(
-        render::columns(),
+        render::columns(app.extra),
         Style::default().add_modifier(Modifier::REVERSED),
     ));
     let rows = app.rows();
@@ -319,7 +329,7 @@ fn overview_lines(app: &App, height: usize) -> Vec<Line<'static>> {
     let page = height.saturating_sub(lines.len());
     let top = app.scroll_for(page);
     for (i, r) in rows.iter().enumerate().skip(top).take(page.max(1)) {
-        let l = render::row(r);
+        let l = render::row(r, app.extra);
         lines.push(if i == app.selected {
             Line::styled(
                 l,
@@ -406,12 +416,20 @@ fn start_profile(app: &mut App, g: &Guest, syms: &SymbolArgs) -> Option<Profiler
 }
 
 /// The live overview; `syms` name the functions of the profile Enter opens.
-pub fn run(cfg: &Config, args: &BatchArgs, syms: &SymbolArgs, sample: bool) -> anyhow::Result<()> {
+pub fn run(
+    cfg: &Config,
+    args: &BatchArgs,
+    syms: &SymbolArgs,
+    sample: bool,
+    extra: Extra,
+) -> anyhow::Result<()> {
     let delay = args.delay();
     let (_guard, mut term) = term::terminal()?;
     let mut app = App::new();
+    app.extra = extra;
     let mut sampler = HeaderSampler::with(sample);
     let mut reader = frame::Reader::new(cfg);
+    reader.threads = app.extra.threads();
     let mut prev = reader.read();
     sampler.follow(&prev.guests);
     let mut profiler: Option<Profiler> = None;
@@ -437,6 +455,9 @@ pub fn run(cfg: &Config, args: &BatchArgs, syms: &SymbolArgs, sample: bool) -> a
             }
             Action::None => {}
         }
+        // A column switched on shows from the frame after next (a rate
+        // needs two readings of the threads).
+        reader.threads = app.extra.threads();
         let cur = reader.read();
         let s = if profiler.is_some() {
             SamplingSummary::Off {
@@ -521,6 +542,9 @@ mod tests {
             host_system_pct: Some(cpu / 2.0),
             host_user_pct: Some(0.0),
             cpu_scope: "process",
+            steal_pct: None,
+            vcpu_steal_pct: Vec::new(),
+            other_pct: None,
             exits_per_s: None,
             halt_poll_ratio: None,
             memory_bytes: Some(64 << 20),

@@ -366,3 +366,102 @@ fn guests_created_renamed_and_destroyed_between_frames_are_right_in_the_next_fra
         eprintln!("NOT CHECKED: kernel without the VM registry: no rename");
     }
 }
+
+/// CPU ticks (user + system) of the threads of `pid` named `worker-*`.
+fn worker_ticks(pid: u32) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let Ok(e) = e else { continue };
+        let Ok(s) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = s.rsplit_once(") ") else {
+            continue;
+        };
+        if !head.contains("(worker-") {
+            continue;
+        }
+        let f: Vec<&str> = rest.split(' ').collect();
+        // utime and stime are fields 14 and 15; rest starts at field 3.
+        n += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+    }
+    n
+}
+
+#[test]
+fn steal_is_the_time_a_busy_vcpu_waits_and_other_the_vmm_threads_beside_it() {
+    let test = "steal_is_the_time_a_busy_vcpu_waits_and_other_the_vmm_threads_beside_it";
+    if !kvm_usable(test) {
+        return;
+    }
+    // Two always-busy guests pinned to one host CPU: each vCPU thread is
+    // either running or waiting for the CPU, so its STEAL is the rest of
+    // its %CPU (and, alone on that CPU, about half).
+    let pinned = Fixture::start_with(&["stla", "stlb"], 100, &["--cpu", "0"]);
+    // A guest whose VMM has two more threads at 25% of a CPU each.
+    let io = Fixture::start_with(
+        &["oth"],
+        10,
+        &["--extra-threads", "2", "--extra-busy", "25"],
+    );
+    let opid = io.lines[0].pid;
+    let hz = 100.0; // USER_HZ, which /proc's ticks are in on Linux.
+    let (w0, t0) = (worker_ticks(opid), Instant::now());
+    let o = run(&[
+        "-b",
+        "-n",
+        "2",
+        "-d",
+        "1",
+        "--json",
+        "--columns",
+        "steal,other",
+    ]);
+    let (w1, t1) = (worker_ticks(opid), Instant::now());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = frames(&o.stdout);
+    let last = f.last().expect("a frame");
+    for l in &pinned.lines {
+        let r = row(last, l.pid).unwrap_or_else(|| panic!("pid {} missing: {last:#}", l.pid));
+        let cpu = r["cpu_pct"].as_f64().expect("cpu_pct");
+        let steal = r["steal_pct"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no steal_pct: {r:#}"));
+        assert!(
+            (cpu + steal - 100.0).abs() < 15.0,
+            "{}: %CPU {cpu} + %STEAL {steal} should be about 100",
+            l.name
+        );
+        assert!(
+            steal > 30.0,
+            "{}: %STEAL {steal} with two on one CPU",
+            l.name
+        );
+        assert_eq!(
+            r["vcpu_steal_pct"].as_array().map(Vec::len),
+            Some(1),
+            "{r:#}"
+        );
+    }
+    let r = row(last, opid).unwrap_or_else(|| panic!("pid {opid} missing: {last:#}"));
+    let other = r["other_pct"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no other_pct: {r:#}"));
+    let truth = 100.0 * (w1 - w0) as f64 / hz / t1.duration_since(t0).as_secs_f64();
+    assert!(
+        (other - truth).abs() < 12.0,
+        "%OTHER {other} against the workers' own {truth:.1}%"
+    );
+    assert!(
+        other > 10.0,
+        "%OTHER {other}: the two workers were not seen"
+    );
+    // Off by default: no figures, no reads of the vCPU threads.
+    let o = run(&["-b", "-n", "1", "-d", "0.5", "--json"]);
+    let f = frames(&o.stdout);
+    let r = row(&f[0], opid).expect("row");
+    assert!(
+        r.get("steal_pct").is_none() && r.get("other_pct").is_none(),
+        "{r:#}"
+    );
+}

@@ -164,6 +164,11 @@ impl Fixture {
         Fixture::spawn(names, busy, vcpus, &[])
     }
 
+    /// As [`Fixture::start`], with more `kvmreg-fixture` options.
+    pub fn start_with(names: &[&str], busy: u32, extra: &[&str]) -> Fixture {
+        Fixture::spawn(names, busy, 1, extra)
+    }
+
     /// As [`Fixture::start`], all guests in one process.
     pub fn start_single_process(names: &[&str], busy: u32) -> Fixture {
         Fixture::spawn(names, busy, 1, &["--single-process"])
