@@ -20,6 +20,11 @@ pub struct Config {
     /// Use the VM registry (`/proc/kvm`) when the kernel has it. Off, the
     /// fallbacks of unpatched kernels are used, e.g. to compare the two.
     pub use_registry: bool,
+    /// libvirt's system pid files (`/run/libvirt/qemu`), a name source.
+    pub libvirt_system_dir: PathBuf,
+    /// Where users' runtime directories are (`/run/user`): a session
+    /// libvirt of user U keeps its pid files in `U/libvirt/qemu/run`.
+    pub user_run_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -29,6 +34,8 @@ impl Default for Config {
             debugfs_root: PathBuf::from("/sys/kernel/debug"),
             cmdline_hints: true,
             use_registry: true,
+            libvirt_system_dir: PathBuf::from("/run/libvirt/qemu"),
+            user_run_dir: PathBuf::from("/run/user"),
         }
     }
 }
@@ -98,7 +105,7 @@ pub fn discover_with(cfg: &Config) -> Discovery {
         }
         note_unknown_vcpu_threads(&mut guests);
     }
-    add_cmdline_hints(cfg, &mut guests);
+    add_names(cfg, &mut guests);
     guests.sort_by_key(|g| (g.pid, g.id, g.vm_fd));
     Discovery {
         guests,
@@ -144,9 +151,11 @@ pub fn list_registry(cfg: &Config) -> Option<Discovery> {
     })
 }
 
-/// Name guests the kernel has no name for by their qemu `-name`, marked
-/// as an unverified hint (when `cfg.cmdline_hints`).
-pub(crate) fn add_cmdline_hints(cfg: &Config, guests: &mut [Guest]) {
+/// Name guests the kernel has no name for: by a libvirt pid file that
+/// names their VMM ([`crate::backend::libvirt`]), else by their qemu
+/// `-name`, marked as an unverified hint (when `cfg.cmdline_hints`).
+pub(crate) fn add_names(cfg: &Config, guests: &mut [Guest]) {
+    crate::backend::libvirt::add_names(cfg, guests);
     if !cfg.cmdline_hints {
         return;
     }
@@ -454,6 +463,8 @@ mod tests {
             debugfs_root: d.path().join("no-debugfs"),
             cmdline_hints: true,
             use_registry: true,
+            libvirt_system_dir: d.path().join("no-libvirt"),
+            user_run_dir: d.path().join("no-run-user"),
         };
         let r = discover_with(&cfg);
         assert_eq!(r.guests.len(), 1);
@@ -485,6 +496,8 @@ mod tests {
             debugfs_root: d.path().join("none"),
             cmdline_hints: true,
             use_registry: true,
+            libvirt_system_dir: d.path().join("no-libvirt"),
+            user_run_dir: d.path().join("no-run-user"),
         };
         let r = discover_with(&cfg);
         assert_eq!(r.guests.len(), 1);
@@ -523,6 +536,8 @@ mod tests {
             debugfs_root: d.path().join("dbg"),
             cmdline_hints: false,
             use_registry: true,
+            libvirt_system_dir: d.path().join("no-libvirt"),
+            user_run_dir: d.path().join("no-run-user"),
         }
     }
 
@@ -672,6 +687,8 @@ mod tests {
             debugfs_root: d.path().join("none"),
             cmdline_hints: false,
             use_registry: false,
+            libvirt_system_dir: d.path().join("no-libvirt"),
+            user_run_dir: d.path().join("no-run-user"),
         };
         let r = discover_with(&cfg);
         assert_eq!(r.guests.len(), 1);

@@ -27,6 +27,9 @@ pub enum Source {
     ThreadName,
     /// The owner's command line (qemu `-name`): unverified.
     Cmdline,
+    /// A libvirt pid file (`/run/libvirt/qemu/<domain>.pid`, or a session
+    /// instance's) owned by root or the VMM's user, naming the VMM's pid.
+    LibvirtPidFile,
 }
 
 impl fmt::Display for Source {
@@ -39,6 +42,7 @@ impl fmt::Display for Source {
             Source::ProcStatus => "proc-status",
             Source::ThreadName => "thread-name",
             Source::Cmdline => "cmdline",
+            Source::LibvirtPidFile => "libvirt-pid-file",
         })
     }
 }
@@ -58,13 +62,18 @@ pub enum GuestName {
     /// so it is only displayed as a hint and never matched as a name unless
     /// nothing better exists.
     CmdlineHint(String),
+    /// The domain name of a libvirt pid file that names the VMM
+    /// ([`crate::backend::libvirt`]): as trusted as root (or, for a
+    /// session instance, the VMM's own user), but it names a process, not
+    /// a VM, and the kernel does not know it.
+    Libvirt(String),
 }
 
 impl GuestName {
     /// The name text, whatever its kind.
     pub fn as_str(&self) -> &str {
         match self {
-            GuestName::Kernel(s) | GuestName::CmdlineHint(s) => s,
+            GuestName::Kernel(s) | GuestName::CmdlineHint(s) | GuestName::Libvirt(s) => s,
         }
     }
 
@@ -72,12 +81,18 @@ impl GuestName {
     pub fn is_kernel(&self) -> bool {
         matches!(self, GuestName::Kernel(_))
     }
+
+    /// True for a name someone trusted vouches for: the kernel, or a
+    /// libvirt pid file of root or the VMM's user (not a command line).
+    pub fn is_trusted(&self) -> bool {
+        !matches!(self, GuestName::CmdlineHint(_))
+    }
 }
 
 impl fmt::Display for GuestName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            GuestName::Kernel(s) => f.write_str(s),
+            GuestName::Kernel(s) | GuestName::Libvirt(s) => f.write_str(s),
             GuestName::CmdlineHint(s) => write!(f, "{s}? (qemu -name, unverified)"),
         }
     }

@@ -70,9 +70,10 @@ pub fn select<'a>(guests: &'a [Guest], wanted: Option<&str>) -> Result<&'a Guest
 
 /// Select one guest for `viewer_uid`. `wanted` is a kernel name as the
 /// viewer sees it (its own guests' plain names, `<name>@<uid>` for other
-/// users'), then `PID:FD` (the VM fd in its owner: one of a process' VMs
-/// on a kernel without ids), then an id, then a pid, then (only if nothing
-/// else matched) an unverified qemu `-name` hint.
+/// users'), then a libvirt domain name from a trusted pid file, then
+/// `PID:FD` (the VM fd in its owner: one of a process' VMs on a kernel
+/// without ids), then an id, then a pid, then (only if nothing else
+/// matched) an unverified qemu `-name` hint.
 pub fn select_as<'a>(
     guests: &'a [Guest],
     wanted: Option<&str>,
@@ -91,11 +92,12 @@ pub fn select_as<'a>(
     let pid_fd: Option<(u32, i32)> = w
         .split_once(':')
         .and_then(|(p, f)| Some((p.parse().ok()?, f.parse().ok()?)));
-    let tiers: [&dyn Fn(&Guest) -> bool; 5] = [
+    let tiers: [&dyn Fn(&Guest) -> bool; 6] = [
         &|g| {
             g.name.as_ref().is_some_and(GuestName::is_kernel)
                 && g.qualified_name(viewer_uid).as_deref() == Some(w)
         },
+        &|g| matches!(&g.name, Some(GuestName::Libvirt(n)) if n == w),
         &|g| pid_fd.is_some_and(|(p, f)| g.pid == p && g.vm_fd == Some(f)),
         &|g| num.is_some() && g.id == num,
         &|g| num.is_some_and(|n| u64::from(g.pid) == n),
@@ -172,6 +174,17 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("no guest matches 'nope'"));
         assert!(msg.contains("batch? (qemu -name, unverified)"), "{msg}");
+    }
+
+    #[test]
+    fn a_libvirt_name_wins_over_a_forged_qemu_name() {
+        // Another process put `-name web` on its command line; libvirt's
+        // root-owned pid file names pid 600 `web`.
+        let gs = [
+            g(Some(GuestName::CmdlineHint("web".into())), None, 500),
+            g(Some(GuestName::Libvirt("web".into())), None, 600),
+        ];
+        assert_eq!(select(&gs, Some("web")).unwrap().pid, 600);
     }
 
     #[test]

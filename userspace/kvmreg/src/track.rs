@@ -477,7 +477,7 @@ impl Tracker {
             debugfs::enrich(&mut found, &vms);
         }
         discover::note_unknown_vcpu_threads(&mut found);
-        discover::add_cmdline_hints(&self.cfg, &mut found);
+        discover::add_names(&self.cfg, &mut found);
         self.guests.retain(|g| g.pid != tgid);
         self.guests.extend(found);
         self.sort();
@@ -906,6 +906,8 @@ mod tests {
             debugfs_root: d.path().join("no-debugfs"),
             cmdline_hints: false,
             use_registry: true,
+            libvirt_system_dir: d.path().join("no-libvirt"),
+            user_run_dir: d.path().join("no-run-user"),
         }
     }
 

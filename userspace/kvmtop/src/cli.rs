@@ -91,6 +91,12 @@ pub struct Roots {
     /// Where debugfs is mounted.
     #[arg(long, global = true, hide = true, default_value = "/sys/kernel/debug")]
     pub debugfs_root: PathBuf,
+    /// libvirt's system pid files (a name source).
+    #[arg(long, global = true, hide = true, default_value = "/run/libvirt/qemu")]
+    pub libvirt_dir: PathBuf,
+    /// Users' runtime directories (session libvirt pid files).
+    #[arg(long, global = true, hide = true, default_value = "/run/user")]
+    pub user_run_dir: PathBuf,
     /// Ignore the kernel's VM registry (/proc/kvm) and use the fallbacks of
     /// unpatched kernels (fd scan, debugfs), e.g. to compare the two.
     #[arg(long, global = true)]

@@ -363,7 +363,7 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
     };
     Row {
         name: g.qualified_name(crate::guests::viewer()),
-        name_verified: g.name.as_ref().is_some_and(|n| n.is_kernel()),
+        name_verified: g.name.as_ref().is_some_and(|n| n.is_trusted()),
         id: g.id,
         pid: g.pid,
         vcpus: g.vcpu_count(),

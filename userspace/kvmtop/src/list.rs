@@ -84,6 +84,7 @@ pub fn entry(proc: &ProcRoot, g: &Guest, tids: bool) -> Entry {
         name_kind: g.name.as_ref().map(|n| match n {
             GuestName::Kernel(_) => "kernel",
             GuestName::CmdlineHint(_) => "cmdline-hint",
+            GuestName::Libvirt(_) => "libvirt",
         }),
         id: g.id,
         pid: g.pid,

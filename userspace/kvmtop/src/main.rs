@@ -29,6 +29,8 @@ fn config(c: &Cli) -> kvmreg::Config {
         debugfs_root: c.roots.debugfs_root.clone(),
         cmdline_hints: true,
         use_registry: !c.roots.no_registry,
+        libvirt_system_dir: c.roots.libvirt_dir.clone(),
+        user_run_dir: c.roots.user_run_dir.clone(),
     }
 }
 

@@ -111,7 +111,7 @@ pub fn exposition(r: &Reading) -> String {
         info.get_or_create(&InfoLabels {
             guest: labels(g),
             backend: backend.clone(),
-            name_verified: g.name.as_ref().is_some_and(|n| n.is_kernel()),
+            name_verified: g.name.as_ref().is_some_and(|n| n.is_trusted()),
         })
         .set(1);
     }

@@ -465,3 +465,56 @@ fn steal_is_the_time_a_busy_vcpu_waits_and_other_the_vmm_threads_beside_it() {
         "{r:#}"
     );
 }
+
+#[test]
+fn a_root_owned_libvirt_pid_file_names_the_guest_below_the_kernels_name() {
+    let test = "a_root_owned_libvirt_pid_file_names_the_guest_below_the_kernels_name";
+    if !kvm_usable(test) || !kvmreg_testkit::root(test, "to own a pid file as root") {
+        return;
+    }
+    let fx = Fixture::start(&["lv"], 10);
+    let l = &fx.lines[0];
+    let dir = common::TempDir::new("libvirt-run");
+    let sys = dir.0.join("qemu");
+    std::fs::create_dir_all(&sys).expect("pid file dir");
+    let domain = format!("dom-{}", std::process::id());
+    std::fs::write(sys.join(format!("{domain}.pid")), format!("{}\n", l.pid)).expect("pid file");
+    let o = run(&[
+        "list",
+        "--json",
+        "--libvirt-dir",
+        sys.to_str().expect("utf-8 temp path"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let e = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|e| e["pid"] == l.pid)
+        .unwrap_or_else(|| panic!("pid {} not listed: {v:#}", l.pid));
+    if l.named {
+        // The registry's name is the kernel's and stays.
+        assert_eq!(e["name_kind"], "kernel", "{e:#}");
+        assert_eq!(e["name"], l.name.as_str(), "{e:#}");
+    } else {
+        assert_eq!(e["name_kind"], "libvirt", "{e:#}");
+        assert_eq!(e["name"], domain.as_str(), "{e:#}");
+        assert!(e.to_string().contains("libvirt-pid-file"), "{e:#}");
+        // And -g picks the guest by it (its stats may be out of reach
+        // without debugfs: then the error names the guest it picked).
+        let o = run(&[
+            "stat",
+            "-b",
+            "-g",
+            &domain,
+            "--libvirt-dir",
+            sys.to_str().unwrap_or(""),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success() || err.contains(&format!("guest {domain} (pid {})", l.pid)),
+            "{err}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod debugfs;
 pub mod fd_scan;
+pub mod libvirt;
 pub mod proc_kvm;
 pub mod stats_fd;
 
