@@ -174,7 +174,7 @@ mod tests {
     fn setup(d: &TempDir, pids: &[(u32, f64)]) -> Config {
         let hz = crate::cpu::clock_ticks_per_second();
         let uptime = 10_000.0;
-        d.write("proc/uptime", &format!("{uptime:.2} 1.00\n"));
+        d.write("proc/uptime", format!("{uptime:.2} 1.00\n"));
         for &(pid, age) in pids {
             let start = ((uptime - age) * hz) as u64;
             let mut f: Vec<String> = (3..=52).map(|_| "0".to_string()).collect();
@@ -182,7 +182,7 @@ mod tests {
             f[22 - 3] = start.to_string();
             d.write(
                 &format!("proc/{pid}/stat"),
-                &format!("{pid} (qemu) {}\n", f.join(" ")),
+                format!("{pid} (qemu) {}\n", f.join(" ")),
             );
         }
         let mut dir = std::fs::Permissions::from_mode(0o755);
