@@ -27,9 +27,13 @@ pub enum Source {
     ThreadName,
     /// The owner's command line (qemu `-name`): unverified.
     Cmdline,
-    /// A libvirt pid file (`/run/libvirt/qemu/<domain>.pid`, or a session
-    /// instance's) owned by root or the VMM's user, naming the VMM's pid.
+    /// A root-owned pid file of the system libvirt
+    /// (`/run/libvirt/qemu/<domain>.pid`) naming the VMM's pid.
     LibvirtPidFile,
+    /// A pid file of a user's session libvirt
+    /// (`/run/user/<uid>/libvirt/qemu/run/<domain>.pid`) naming that
+    /// user's VMM: the user's word, so shown to others as `name@uid`.
+    LibvirtSessionPidFile,
 }
 
 impl fmt::Display for Source {
@@ -43,6 +47,7 @@ impl fmt::Display for Source {
             Source::ThreadName => "thread-name",
             Source::Cmdline => "cmdline",
             Source::LibvirtPidFile => "libvirt-pid-file",
+            Source::LibvirtSessionPidFile => "libvirt-session-pid-file",
         })
     }
 }
@@ -191,11 +196,16 @@ impl Guest {
 
     /// The guest's name as `viewer_uid` refers to it, as `/proc/kvm` names
     /// its link: a kernel name plainly for the viewer's own VMs (and where
-    /// the owner uid is unknown), `<name>@<uid>` for other users' VMs; a
-    /// qemu `-name` hint as it is.
+    /// the owner uid is unknown), `<name>@<uid>` for other users' VMs; so a
+    /// name from a user's session libvirt (that user's word); a system
+    /// libvirt name (root's word) and a qemu `-name` hint as they are.
     pub fn qualified_name(&self, viewer_uid: u32) -> Option<String> {
+        let session = self.provenance.name == Some(Source::LibvirtSessionPidFile);
         match (&self.name, self.uid) {
             (Some(GuestName::Kernel(n)), Some(u)) if u != viewer_uid => Some(format!("{n}@{u}")),
+            (Some(GuestName::Libvirt(n)), Some(u)) if session && u != viewer_uid => {
+                Some(format!("{n}@{u}"))
+            }
             (Some(n), _) => Some(n.as_str().to_string()),
             (None, _) => None,
         }
@@ -206,7 +216,9 @@ impl Guest {
     /// `pid N`.
     pub fn label_for(&self, viewer_uid: u32) -> String {
         match &self.name {
-            Some(GuestName::Kernel(_)) => self.qualified_name(viewer_uid).unwrap_or_default(),
+            Some(GuestName::Kernel(_) | GuestName::Libvirt(_)) => {
+                self.qualified_name(viewer_uid).unwrap_or_default()
+            }
             Some(hint) => hint.to_string(),
             None => format!("pid {}", self.pid),
         }

@@ -70,10 +70,11 @@ pub fn select<'a>(guests: &'a [Guest], wanted: Option<&str>) -> Result<&'a Guest
 
 /// Select one guest for `viewer_uid`. `wanted` is a kernel name as the
 /// viewer sees it (its own guests' plain names, `<name>@<uid>` for other
-/// users'), then a libvirt domain name from a trusted pid file, then
-/// `PID:FD` (the VM fd in its owner: one of a process' VMs on a kernel
-/// without ids), then an id, then a pid, then (only if nothing else
-/// matched) an unverified qemu `-name` hint.
+/// users'), then `PID:FD` (the VM fd in its owner: one of a process' VMs
+/// on a kernel without ids), then an id, then a pid, then a libvirt
+/// domain name from a trusted pid file (another user's session name as
+/// `<name>@<uid>`), then (only if nothing else matched) an unverified
+/// qemu `-name` hint.
 pub fn select_as<'a>(
     guests: &'a [Guest],
     wanted: Option<&str>,
@@ -97,10 +98,15 @@ pub fn select_as<'a>(
             g.name.as_ref().is_some_and(GuestName::is_kernel)
                 && g.qualified_name(viewer_uid).as_deref() == Some(w)
         },
-        &|g| matches!(&g.name, Some(GuestName::Libvirt(n)) if n == w),
         &|g| pid_fd.is_some_and(|(p, f)| g.pid == p && g.vm_fd == Some(f)),
         &|g| num.is_some() && g.id == num,
         &|g| num.is_some_and(|n| u64::from(g.pid) == n),
+        // Below the kernel's facts: a pid file may be called anything,
+        // "1234" too. Another user's session name only as name@uid.
+        &|g| {
+            matches!(&g.name, Some(GuestName::Libvirt(_)))
+                && g.qualified_name(viewer_uid).as_deref() == Some(w)
+        },
         &|g| matches!(&g.name, Some(GuestName::CmdlineHint(n)) if n == w),
     ];
     for t in tiers {

@@ -811,8 +811,6 @@ impl Tracker {
     }
 }
 
-/// How many files a tracker may keep open: the soft `RLIMIT_NOFILE` less a
-/// quarter (at least 64) for everything else the process opens.
 /// The tracker's budget of kept-open files, lent to one read (a macro, not
 /// a method, so that the map read is borrowed beside it).
 macro_rules! kept_files {
@@ -870,6 +868,8 @@ impl KeptFiles<'_> {
     }
 }
 
+/// How many files a tracker may keep open: the soft `RLIMIT_NOFILE` less a
+/// quarter (at least 64) for everything else the process opens.
 fn kept_budget() -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -194,40 +194,31 @@ pub fn exposition(r: &Reading) -> String {
 }
 
 /// `kvmtop_guest_vcpu_wait_seconds` (each vCPU thread's run delay: its
-/// rate is the vCPU's steal) and `kvmtop_guest_other_cpu_seconds` (the
-/// VMM's CPU less its vCPU threads', for a process running one VM).
+/// rate is the vCPU's steal) and `kvmtop_guest_vcpu_cpu_seconds` (each
+/// vCPU thread's CPU time: what `kvmtop_guest_cpu_seconds` has beyond
+/// their sum is the VMM's other threads', %OTHER). Both only grow, as
+/// counters must; the difference is left to the query, since the process
+/// and its threads are not read at one instant.
 fn register_thread_families(reg: &mut Registry, r: &Reading) {
     let wait = Family::<VcpuLabels, Counter<f64, AtomicU64>>::default();
-    let other = Family::<GuestLabels, Counter<f64, AtomicU64>>::default();
-    let vms_of = crate::frame::vms_per_pid(&r.guests);
+    let busy = Family::<VcpuLabels, Counter<f64, AtomicU64>>::default();
     let hz = cpu::clock_ticks_per_second();
-    let busy = |t: &cpu::ThreadTimes| t.utime.saturating_add(t.stime);
     for g in &r.guests {
-        let mut vcpu_ticks = Some(0u64);
         for v in &g.vcpus {
-            let facts = v.tid.and_then(|t| r.threads.get(&t));
-            if let Some(s) = facts.and_then(|f| f.sched) {
-                wait.get_or_create(&VcpuLabels {
-                    guest: labels(g),
-                    vcpu: v.index,
-                })
-                .inc_by(s.wait_ns as f64 / 1e9);
-            }
-            vcpu_ticks = match (vcpu_ticks, facts.and_then(|f| f.times.as_ref())) {
-                (Some(n), Some(t)) => Some(n + busy(t)),
-                _ => None,
+            let Some(facts) = v.tid.and_then(|t| r.threads.get(&t)) else {
+                continue;
             };
-        }
-        let alone = vms_of.get(&g.pid).is_some_and(|&n| n == 1);
-        let process = r
-            .cpu
-            .get(&g.pid)
-            .and_then(|s| s.threads.get(&g.pid))
-            .map(busy);
-        if let (true, false, Some(v), Some(p)) = (alone, g.vcpus.is_empty(), vcpu_ticks, process) {
-            other
-                .get_or_create(&labels(g))
-                .inc_by(p.saturating_sub(v) as f64 / hz);
+            let l = VcpuLabels {
+                guest: labels(g),
+                vcpu: v.index,
+            };
+            if let Some(s) = facts.sched {
+                wait.get_or_create(&l).inc_by(s.wait_ns as f64 / 1e9);
+            }
+            if let Some(t) = &facts.times {
+                busy.get_or_create(&l)
+                    .inc_by(t.utime.saturating_add(t.stime) as f64 / hz);
+            }
         }
     }
     reg.register(
@@ -236,9 +227,9 @@ fn register_thread_families(reg: &mut Registry, r: &Reading) {
         wait,
     );
     reg.register(
-        "guest_other_cpu_seconds",
-        "CPU time of the VMM's threads that are not vCPUs (I/O threads, main loop, in-process vhost workers)",
-        other,
+        "guest_vcpu_cpu_seconds",
+        "CPU time of each vCPU thread (guest_cpu_seconds beyond their sum is the VMM's other threads')",
+        busy,
     );
 }
 
@@ -496,7 +487,7 @@ mod tests {
     }
 
     #[test]
-    fn vcpu_wait_and_other_cpu_are_counters() {
+    fn vcpu_wait_and_vcpu_cpu_are_counters() {
         let hz = cpu::clock_ticks_per_second() as u64;
         let mut g = Guest::new(42);
         g.name = Some(GuestName::Kernel("web".into()));
@@ -541,8 +532,8 @@ mod tests {
         for want in [
             "# TYPE kvmtop_guest_vcpu_wait_seconds counter".to_string(),
             format!("kvmtop_guest_vcpu_wait_seconds_total{{{l},vcpu=\"0\"}} 1.5"),
-            // 7 s of the process less 4 s of its vCPU thread.
-            format!("kvmtop_guest_other_cpu_seconds_total{{{l}}} 3.0"),
+            // 3 s user + 1 s system of the vCPU thread.
+            format!("kvmtop_guest_vcpu_cpu_seconds_total{{{l},vcpu=\"0\"}} 4.0"),
         ] {
             assert!(t.contains(&want), "no {want} in:\n{t}");
         }

@@ -434,9 +434,10 @@ pub fn run(
     sampler.follow(&prev.guests);
     let mut profiler: Option<Profiler> = None;
     // Only for the test that a panic in the live view gives the terminal
-    // back with its message readable (tests/tmux.rs): nothing else panics
-    // on purpose.
-    let panic_after_first_frame = std::env::var_os("KVMTOP_TEST_PANIC").is_some();
+    // back with its message readable (tests/tmux.rs, which runs the debug
+    // build): a release build never panics on purpose.
+    let panic_after_first_frame =
+        cfg!(debug_assertions) && std::env::var_os("KVMTOP_TEST_PANIC").is_some();
     term.draw(|f| draw(f, &app))?;
     let mut frames = 0u64;
     let mut next = Instant::now() + Duration::from_millis(300).min(delay);

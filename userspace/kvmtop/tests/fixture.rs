@@ -367,6 +367,19 @@ fn guests_created_renamed_and_destroyed_between_frames_are_right_in_the_next_fra
     }
 }
 
+/// The first host CPU this process may run on (`Cpus_allowed_list`: a
+/// container's cpuset need not hold CPU 0).
+fn first_allowed_cpu() -> String {
+    let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|v| {
+            let first = v.trim().split([',', '-']).next()?;
+            first.parse::<usize>().ok().map(|n| n.to_string())
+        })
+        .unwrap_or_else(|| "0".into())
+}
+
 /// CPU ticks (user + system) of the threads of `pid` named `worker-*`.
 fn worker_ticks(pid: u32) -> u64 {
     let mut n = 0;
@@ -397,7 +410,8 @@ fn steal_is_the_time_a_busy_vcpu_waits_and_other_the_vmm_threads_beside_it() {
     // Two always-busy guests pinned to one host CPU: each vCPU thread is
     // either running or waiting for the CPU, so its STEAL is the rest of
     // its %CPU (and, alone on that CPU, about half).
-    let pinned = Fixture::start_with(&["stla", "stlb"], 100, &["--cpu", "0"]);
+    let cpu = first_allowed_cpu();
+    let pinned = Fixture::start_with(&["stla", "stlb"], 100, &["--cpu", &cpu]);
     // A guest whose VMM has two more threads at 25% of a CPU each.
     let io = Fixture::start_with(
         &["oth"],

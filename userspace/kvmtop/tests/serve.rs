@@ -134,8 +134,12 @@ fn dribble(
     pause: Duration,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<bool> {
+    // A request line and a host, then one more valid header line after
+    // another: a request that is never complete, and never malformed
+    // (which the server would answer with 400 and close).
+    let head = b"GET /metrics HTTP/1.1\r\nHost: x\r\n".iter();
     std::thread::spawn(move || {
-        for b in b"GET /metrics HTTP/1.1\r\nHost: x\r\n".iter().cycle() {
+        for b in head.chain(b"X-A: b\r\n".iter().cycle()) {
             if stop.load(Ordering::Relaxed) {
                 return false;
             }

@@ -17,15 +17,24 @@
 //! - the file is not older than the process (a pid file left by a domain
 //!   that ended, whose pid a new process got, is stale).
 //!
-//! The name ranks below the kernel's (the registry) and above qemu's
-//! forgeable `-name`.
+//! A file is opened without following links and without blocking (a user
+//! may swap a session file for a link or a FIFO), checked on the opened
+//! descriptor, and at most 32 bytes are read.
+//!
+//! The name ranks below the kernel's facts (registry names, ids, pids) and
+//! above qemu's forgeable `-name`; a session name is its user's word, so
+//! other users see it as `<name>@<uid>` (`Source::LibvirtSessionPidFile`).
 
 use crate::procfs::ProcRoot;
 use crate::{Config, Guest, GuestName, Source};
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
+
+/// The longest pid file read (a pid and a newline fit many times over).
+const MAX_PID_FILE: u64 = 32;
 
 /// How much older than its process a pid file may look (clock steps,
 /// coarse timestamps) and still count.
@@ -71,18 +80,26 @@ pub fn add_names(cfg: &Config, guests: &mut [Guest]) {
         if !wanted(g) {
             continue;
         }
-        // Session files count only for their own user's VMMs.
-        let Some(f) = files
+        let Some(started) = process_start(&cfg.proc_root, g.pid) else {
+            continue;
+        };
+        // Session files count only for their own user's VMMs; of the
+        // files naming the pid that are not stale, the system's first,
+        // then the newest.
+        let Some((f, owner)) = files
             .iter()
-            .find(|(f, owner)| f.pid == g.pid && (*owner == 0 || g.uid == Some(*owner)))
+            .filter(|(f, owner)| f.pid == g.pid && (*owner == 0 || g.uid == Some(*owner)))
+            .filter(|(f, _)| f.written + SLACK >= started)
+            .max_by_key(|(f, owner)| (*owner == 0, f.written))
         else {
             continue;
         };
-        if !newer_than_process(&cfg.proc_root, g.pid, f.0.written) {
-            continue;
-        }
-        g.name = Some(GuestName::Libvirt(f.0.domain.clone()));
-        g.provenance.name = Some(Source::LibvirtPidFile);
+        g.name = Some(GuestName::Libvirt(f.domain.clone()));
+        g.provenance.name = Some(if *owner == 0 {
+            Source::LibvirtPidFile
+        } else {
+            Source::LibvirtSessionPidFile
+        });
     }
 }
 
@@ -113,19 +130,9 @@ fn pid_files(dir: &Path, uid: u32) -> Vec<(PidFile, u32)> {
         if domain.is_empty() || domain.chars().any(char::is_control) {
             continue;
         }
-        let Ok(m) = e.path().symlink_metadata() else {
+        let Some((pid, written)) = read_pid_file(&e.path(), uid) else {
             continue;
         };
-        if !m.is_file() || !trusted(&m, uid) || m.len() > 32 {
-            continue;
-        }
-        let Some(pid) = std::fs::read_to_string(e.path())
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(written) = m.modified() else { continue };
         v.push((
             PidFile {
                 domain: domain.to_string(),
@@ -138,13 +145,23 @@ fn pid_files(dir: &Path, uid: u32) -> Vec<(PidFile, u32)> {
     v
 }
 
-/// Whether a file written at `written` can have been written for process
-/// `pid`: not before the process started (less [`SLACK`]).
-fn newer_than_process(proc: &ProcRoot, pid: u32, written: SystemTime) -> bool {
-    let Some(started) = process_start(proc, pid) else {
-        return false;
-    };
-    written + SLACK >= started
+/// The pid in `path` and when it was written, if the file is a regular
+/// file `uid` (or root) vouches for. The checks are made on the opened
+/// descriptor: no link is followed, a FIFO does not block the open, and a
+/// file swapped in after the directory was listed is what gets checked.
+fn read_pid_file(path: &Path, uid: u32) -> Option<(u32, SystemTime)> {
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let m = f.metadata().ok()?;
+    if !m.is_file() || !trusted(&m, uid) || m.len() > MAX_PID_FILE {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(MAX_PID_FILE).read_to_string(&mut text).ok()?;
+    Some((text.trim().parse().ok()?, m.modified().ok()?))
 }
 
 /// When `pid` started, on the wall clock: now less the time since then
@@ -244,11 +261,24 @@ mod tests {
         f.set_modified(SystemTime::now() - Duration::from_secs(3600))
             .unwrap();
         pid_file(&sys.join("gone.pid"), 20, 0o644, Some(0));
-        // 14: user 1000's session libvirt names its own VMM; the same
-        // user's file naming root's process 10 would not count.
+        // 14: user 1000's session libvirt names its own VMM. The same
+        // user's file naming root's process 15 (which no system file
+        // names) does not count, nor a link or a FIFO in their directory.
         let session = cfg.user_run_dir.join("1000/libvirt/qemu/run");
         pid_file(&session.join("mine.pid"), 14, 0o644, Some(1000));
-        pid_file(&session.join("theirs.pid"), 10, 0o644, Some(1000));
+        pid_file(&session.join("theirs.pid"), 15, 0o644, Some(1000));
+        pid_file(&d.path().join("elsewhere.pid"), 15, 0o644, Some(0));
+        std::os::unix::fs::symlink(d.path().join("elsewhere.pid"), session.join("link.pid"))
+            .unwrap();
+        let fifo = std::ffi::CString::new(
+            session
+                .join("fifo.pid")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path only.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
         for p in [
             cfg.user_run_dir.join("1000"),
             cfg.user_run_dir.join("1000/libvirt"),
@@ -257,12 +287,18 @@ mod tests {
         ] {
             std::os::unix::fs::chown(&p, Some(1000), None).unwrap();
         }
+        // User 1001's VMM 16, but the directory is user 1000's.
+        let other = cfg.user_run_dir.join("1001/libvirt/qemu/run");
+        pid_file(&other.join("borrowed.pid"), 16, 0o644, Some(1000));
+        std::os::unix::fs::chown(&other, Some(1000), None).unwrap();
         let mut gs = vec![
             guest(10, 0),
             guest(11, 0),
             guest(12, 0),
             guest(13, 0),
             guest(14, 1000),
+            guest(15, 0),
+            guest(16, 1001),
         ];
         add_names(&cfg, &mut gs);
         let names: Vec<(u32, Option<&GuestName>)> =
@@ -277,8 +313,15 @@ mod tests {
                 (12, Some(&hint)),
                 (13, Some(&hint)),
                 (14, Some(&lv("mine"))),
+                (15, Some(&hint)),
+                (16, Some(&hint)),
             ]
         );
+        // A session name is its user's word: others see it qualified.
+        assert_eq!(gs[4].provenance.name, Some(Source::LibvirtSessionPidFile));
+        assert_eq!(gs[4].qualified_name(0).as_deref(), Some("mine@1000"));
+        assert_eq!(gs[4].qualified_name(1000).as_deref(), Some("mine"));
+        assert_eq!(gs[0].qualified_name(1000).as_deref(), Some("web"));
         assert_eq!(gs[0].provenance.name, Some(Source::LibvirtPidFile));
         // A kernel name is never replaced; a process with two VMs is not
         // named by a file that names the process.
