@@ -60,26 +60,19 @@ fn map_err(e: io::Error, pid: u32, fd: i32) -> StatsFdError {
     }
 }
 
+/// `pidfd_open(2)` and `pidfd_getfd(2)` through rustix, with its errno
+/// as a `std::io::Error` (what [`classify`] reads).
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
-    // it touches no memory of ours.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: r is a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map_err(io::Error::from)
 }
 
 fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: takes two ints and flags, returns a new fd or -1.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: r is a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+    rustix::process::pidfd_getfd(pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+        .map_err(io::Error::from)
 }
 
 /// Open the stats of VM or vCPU fd `fd` of process `pid`. Returns the
