@@ -156,8 +156,6 @@ impl Default for SamplerConfig {
     }
 }
 
-const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
-
 impl Sampler {
     /// Open events on every known vCPU thread of `guests`.
     pub fn new(guests: &[Guest], cfg: SamplerConfig) -> Result<Sampler, PerfError> {
@@ -211,8 +209,9 @@ impl Sampler {
             events.push(Event { tid, _fd: fd, ring });
         }
         for e in &events {
-            // SAFETY: PERF_EVENT_IOC_ENABLE on a perf fd takes no argument.
-            let r = unsafe { libc::ioctl(e._fd.as_raw_fd(), PERF_EVENT_IOC_ENABLE as _, 0) };
+            // SAFETY: PERF_EVENT_IOC_ENABLE on a perf fd we own; its
+            // argument (0: this event only) is an integer, no memory.
+            let r = unsafe { perf_event_open_sys::ioctls::ENABLE(e._fd.as_raw_fd(), 0) };
             if r < 0 {
                 return Err(PerfError::Io {
                     tid: e.tid,
