@@ -20,8 +20,11 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// `_IO(KVMIO, 0xce)`.
-pub const KVM_GET_STATS_FD: libc::c_ulong = 0xAE00 | 0xce;
+/// `_IO(KVMIO, 0xce)`. Written out here on purpose: kvm-ioctls keeps its
+/// ioctl numbers in a private module and calls this one only on a
+/// `VmFd`/`VcpuFd` it created, while this fd is another process' VM fd
+/// taken with `pidfd_getfd`; kvm-bindings has `KVMIO` but no numbers.
+pub const KVM_GET_STATS_FD: libc::c_ulong = ((kvm_bindings::KVMIO as libc::c_ulong) << 8) | 0xce;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatsFdError {
