@@ -264,7 +264,7 @@ pub struct Counters {
 
 /// A VM directory's debugfs counters as [`Counters`], the refused ones
 /// said in a note.
-pub(crate) fn from_debugfs(c: debugfs::Counters) -> Counters {
+pub(crate) fn from_debugfs(c: debugfs::DirCounters) -> Counters {
     Counters {
         source: Source::Debugfs,
         sources: c

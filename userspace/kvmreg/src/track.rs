@@ -723,7 +723,7 @@ impl Tracker {
         let mut got = match debugfs::read_named(&dir, &ask) {
             Some(got) => got,
             None if refused.is_empty() => return None,
-            None => debugfs::Counters::default(),
+            None => debugfs::DirCounters::default(),
         };
         self.debugfs_refused.extend(got.refused.iter().cloned());
         got.refused.extend(refused.iter().map(|n| n.to_string()));

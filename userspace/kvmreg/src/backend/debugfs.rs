@@ -113,9 +113,10 @@ pub fn enrich(guests: &mut [Guest], vms: &[DebugfsVm]) -> usize {
     matched
 }
 
-/// The scalar stats of a VM directory (`<debugfs>/kvm/<pid>-<fd>/`).
+/// The scalar stats of a VM directory (`<debugfs>/kvm/<pid>-<fd>/`), as
+/// read; [`crate::Counters`] is what the library makes of them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Counters {
+pub struct DirCounters {
     /// One file per stat holding a decimal number, summed over the vCPUs
     /// by KVM. Histograms are left out.
     pub values: std::collections::BTreeMap<String, u64>,
@@ -126,14 +127,14 @@ pub struct Counters {
 }
 
 /// Read the scalar stats of a VM directory.
-pub fn read_counters(dir: &Path) -> std::io::Result<Counters> {
+pub fn read_counters(dir: &Path) -> std::io::Result<DirCounters> {
     read_counters_of(dir, None)
 }
 
 /// Read the scalar stats of a VM directory: all of them, or only `names`
 /// (one file each, no directory walk: a view of many guests that shows
 /// two counters should not read sixty files a guest).
-pub fn read_counters_of(dir: &Path, names: Option<&[&str]>) -> std::io::Result<Counters> {
+pub fn read_counters_of(dir: &Path, names: Option<&[&str]>) -> std::io::Result<DirCounters> {
     let mut out = match names {
         Some(names) => {
             if !dir.is_dir() {
@@ -142,7 +143,7 @@ pub fn read_counters_of(dir: &Path, names: Option<&[&str]>) -> std::io::Result<C
             read_named(dir, names).unwrap_or_default()
         }
         None => {
-            let mut out = Counters::default();
+            let mut out = DirCounters::default();
             for e in fs::read_dir(dir)?.flatten() {
                 if !e.file_type().is_ok_and(|t| t.is_file()) {
                     continue;
@@ -159,8 +160,8 @@ pub fn read_counters_of(dir: &Path, names: Option<&[&str]>) -> std::io::Result<C
 /// The counters `names` of the VM directory `dir`, one file each, without
 /// a look at the directory first; `None` when not one of the files is
 /// there (no such directory).
-pub fn read_named(dir: &Path, names: &[&str]) -> Option<Counters> {
-    let mut out = Counters::default();
+pub fn read_named(dir: &Path, names: &[&str]) -> Option<DirCounters> {
+    let mut out = DirCounters::default();
     let mut any = false;
     for n in names {
         any |= read_into(&mut out, n, &dir.join(n));
@@ -171,7 +172,7 @@ pub fn read_named(dir: &Path, names: &[&str]) -> Option<Counters> {
 /// One counter file into `out`: its value, or its name among the refused
 /// (`EPERM`); a file that does not hold a number is left out. False when
 /// the file could not be opened for another reason (not there).
-fn read_into(out: &mut Counters, name: &str, path: &Path) -> bool {
+fn read_into(out: &mut DirCounters, name: &str, path: &Path) -> bool {
     match read_counter(path) {
         Ok(Some(v)) => {
             out.values.insert(name.to_string(), v);
