@@ -38,7 +38,7 @@ pub enum Scan {
 pub fn scan(debugfs_root: &Path) -> Scan {
     let dirs = match scan_names(debugfs_root) {
         Ok(d) => d,
-        Err(why) => return Scan::Unavailable(why),
+        Err(why) => return Scan::Unavailable(why.to_string()),
     };
     let mut vms = Vec::new();
     for (pid, fd, dir) in dirs {
@@ -199,11 +199,45 @@ pub fn read_counter(path: &Path) -> std::io::Result<Option<u64>> {
         .and_then(|t| t.trim().parse().ok()))
 }
 
+/// Why a guest's debugfs directory was not found.
+#[derive(Debug, thiserror::Error)]
+pub enum VmDirError {
+    /// `<debugfs>/kvm` cannot be listed: not mounted, KVM not loaded
+    /// (`Gone`), or not readable (`Denied`: it needs root).
+    #[error("{}: {}", path.display(), match why {
+        Some(Skip::Gone) => "not mounted or KVM not loaded".to_string(),
+        Some(Skip::Denied) => "not readable (needs root)".to_string(),
+        _ => source.to_string(),
+    })]
+    Unlisted {
+        path: PathBuf,
+        why: Option<Skip>,
+        source: std::io::Error,
+    },
+    /// No directory of the guest's pid (and fd, where known).
+    #[error("no {} directory{}", path.display(), if *by_fd {
+        " (debugfs names the VM by the creating thread and the fd it got at creation)"
+    } else { "" })]
+    Missing { path: PathBuf, by_fd: bool },
+    /// The process holds several VMs, and without the guest's fd nothing
+    /// tells which directory is its: not guessed.
+    #[error("pid {pid} holds {vms} VMs and debugfs has {} of its directories ({}); this VM's fd is unknown, so they cannot be matched (not guessing)", dirs.len(), dirs.join(", "))]
+    Ambiguous {
+        pid: u32,
+        vms: usize,
+        dirs: Vec<String>,
+    },
+}
+
 /// Find a guest's VM directory under `<debugfs_root>/kvm`: `<pid>-<fd>`
 /// when the VM fd is known; without it, the only directory of the pid, and
 /// only if the process holds one VM (`vms_of_pid`). Otherwise an error in
 /// plain words: several VMs that cannot be told apart are not guessed.
-pub fn find_vm_dir(debugfs_root: &Path, g: &Guest, vms_of_pid: usize) -> Result<PathBuf, String> {
+pub fn find_vm_dir(
+    debugfs_root: &Path,
+    g: &Guest,
+    vms_of_pid: usize,
+) -> Result<PathBuf, VmDirError> {
     // With the fd known, the name is known: no walk of every VM's directory
     // (which made a refresh of N guests read N^2 directory entries).
     if let Some(d) = vm_dir(debugfs_root, g) {
@@ -216,48 +250,33 @@ pub fn find_vm_dir(debugfs_root: &Path, g: &Guest, vms_of_pid: usize) -> Result<
             .iter()
             .find(|v| v.1 == fd)
             .map(|v| v.2.clone())
-            .ok_or_else(|| {
-                format!(
-                    "no {}/kvm/{}-{fd} (debugfs names the VM by the creating thread and the fd it got at creation)",
-                    debugfs_root.display(),
-                    g.pid
-                )
+            .ok_or_else(|| VmDirError::Missing {
+                path: debugfs_root.join(format!("kvm/{}-{fd}", g.pid)),
+                by_fd: true,
             });
     }
-    let names = || {
-        mine.iter()
-            .map(|v| format!("{}-{}", v.0, v.1))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     match (mine.as_slice(), vms_of_pid) {
         ([only], 0 | 1) => Ok(only.2.clone()),
-        ([], _) => Err(format!(
-            "no {}/kvm/{}-<fd> directory",
-            debugfs_root.display(),
-            g.pid
-        )),
-        _ => Err(format!(
-            "pid {} holds {} VMs and debugfs has {} of its directories ({}); this VM's fd is unknown, so they cannot be matched (not guessing)",
-            g.pid,
-            vms_of_pid.max(mine.len()),
-            mine.len(),
-            names()
-        )),
+        ([], _) => Err(VmDirError::Missing {
+            path: debugfs_root.join(format!("kvm/{}-<fd>", g.pid)),
+            by_fd: false,
+        }),
+        _ => Err(VmDirError::Ambiguous {
+            pid: g.pid,
+            vms: vms_of_pid.max(mine.len()),
+            dirs: mine.iter().map(|v| format!("{}-{}", v.0, v.1)).collect(),
+        }),
     }
 }
 
 /// The `<pid>-<fd>` directories under `<debugfs_root>/kvm`, or why they
 /// cannot be listed.
-fn scan_names(debugfs_root: &Path) -> Result<Vec<(u32, i32, PathBuf)>, String> {
+fn scan_names(debugfs_root: &Path) -> Result<Vec<(u32, i32, PathBuf)>, VmDirError> {
     let kvm = debugfs_root.join("kvm");
-    let rd = fs::read_dir(&kvm).map_err(|e| {
-        let why = match classify(&e) {
-            Some(Skip::Gone) => "not mounted or KVM not loaded".to_string(),
-            Some(Skip::Denied) => "not readable (needs root)".to_string(),
-            None => e.to_string(),
-        };
-        format!("{}: {why}", kvm.display())
+    let rd = fs::read_dir(&kvm).map_err(|e| VmDirError::Unlisted {
+        path: kvm.clone(),
+        why: classify(&e),
+        source: e,
     })?;
     let mut out: Vec<(u32, i32, PathBuf)> = rd
         .flatten()
