@@ -74,6 +74,15 @@ struct Args {
     /// on demand: two busy guests on one CPU each wait half the time).
     #[arg(long, value_name = "CPU")]
     cpu: Option<usize>,
+    /// Storage I/O of each VMM process, KiB a second: written to a file of
+    /// its own under --disk-dir and synced, then dropped from the page
+    /// cache and read back, so both show in /proc/<pid>/io (on a file
+    /// system with writeback; tmpfs has none).
+    #[arg(long, value_name = "KIB", default_value_t = 0)]
+    disk_rate: u32,
+    /// Where --disk-rate's files go (default: the temporary directory).
+    #[arg(long, value_name = "DIR")]
+    disk_dir: Option<PathBuf>,
 }
 
 /// Give this process `fds` more open eventfds and `threads` more threads,
@@ -94,6 +103,47 @@ fn add_bulk(fds: u32, threads: u32, busy: u32) -> Result<()> {
             .context("thread for --extra-threads")?;
     }
     Ok(())
+}
+
+/// With `--disk-rate`: a thread of this process that writes, syncs, drops
+/// and reads back `kib` KiB a second in a file of its own (removed at
+/// once: the open fd keeps it).
+fn start_disk_io(args: &Args) -> Result<()> {
+    if args.disk_rate == 0 {
+        return Ok(());
+    }
+    let dir = args.disk_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!("kvmreg-fixture-io-{}", std::process::id()));
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("--disk-rate: create {}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    let chunk = vec![0x5a_u8; args.disk_rate as usize * 1024];
+    std::thread::Builder::new()
+        .name("disk-io".into())
+        .spawn(move || disk_io(&f, &chunk))
+        .context("thread for --disk-rate")?;
+    Ok(())
+}
+
+fn disk_io(f: &std::fs::File, chunk: &[u8]) -> ! {
+    use std::os::unix::fs::FileExt;
+    let mut back = vec![0u8; chunk.len()];
+    loop {
+        let t = Instant::now();
+        // Errors are the test's to see (no bytes counted), not ours.
+        let _ = f.write_all_at(chunk, 0);
+        let _ = f.sync_data();
+        // SAFETY: posix_fadvise on an fd we own, with integer arguments.
+        unsafe {
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+        let _ = f.read_exact_at(&mut back, 0);
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
+    }
 }
 
 /// Spend `busy` percent of each 20 ms spinning, the rest asleep (0: park).
@@ -190,6 +240,7 @@ fn main() -> Result<()> {
     let kvm = kvm_ioctls::Kvm::new().context("opening /dev/kvm")?;
     if args.single_process {
         add_bulk(args.extra_fds, args.extra_threads, args.extra_busy)?;
+        start_disk_io(&args)?;
         let mut guests = Vec::new();
         for name in &args.guests {
             guests.push(vm::start(&kvm, name, args.vcpus, mem, args.busy)?);
@@ -238,6 +289,7 @@ fn run_forked(kvm: &kvm_ioctls::Kvm, args: &Args, mem: usize) -> Result<()> {
             }
             let mut w = std::fs::File::from(wr);
             let started = add_bulk(args.extra_fds, args.extra_threads, args.extra_busy)
+                .and_then(|()| start_disk_io(args))
                 .and_then(|()| vm::start(kvm, name, args.vcpus, mem, args.busy));
             let msg = match started {
                 Ok(g) => {

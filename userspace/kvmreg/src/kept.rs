@@ -111,6 +111,32 @@ impl StatFile {
     }
 }
 
+/// `/proc/<pid>/io`, kept open: the process' storage I/O in one `pread`
+/// (the permission is checked at each read, as for the open).
+#[derive(Debug)]
+pub struct IoFile(KeptFile);
+
+impl IoFile {
+    pub fn open(path: &Path) -> io::Result<IoFile> {
+        KeptFile::open(path, 256).map(IoFile)
+    }
+
+    /// The counters now; a vanished process is an `ESRCH` error, a text
+    /// without them `InvalidData`.
+    pub fn read(&mut self) -> io::Result<crate::storage::StorageBytes> {
+        let bytes = self.0.read()?;
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(crate::storage::parse_io)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: no read_bytes/write_bytes", self.0.path().display()),
+                )
+            })
+    }
+}
+
 /// `/proc/<pid>/task/<tid>/schedstat`, kept open: a thread's time on a
 /// CPU and waiting for one in one `pread`.
 #[derive(Debug)]

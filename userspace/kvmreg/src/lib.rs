@@ -17,6 +17,7 @@ pub mod perf;
 pub mod procfs;
 pub mod select;
 pub mod stats;
+pub mod storage;
 pub mod symbols;
 pub mod track;
 pub mod watch;

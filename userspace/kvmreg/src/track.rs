@@ -26,8 +26,9 @@
 use crate::backend::{debugfs, fd_scan, proc_kvm, stats_fd::StatsFdError};
 use crate::cpu::{CpuSnapshot, SchedStat, ThreadTimes};
 use crate::discover::{self, discover_with, BackendState, Config, Counters};
-use crate::kept::{SchedStatFile, StatFile, VcpuStatsError, VcpuStatsFile};
+use crate::kept::{IoFile, SchedStatFile, StatFile, VcpuStatsError, VcpuStatsFile};
 use crate::procfs::{classify, Read, Skip};
+use crate::storage::StorageBytes;
 use crate::watch::{KvmEvent, KvmEventKind, UeventSocket};
 use crate::{Guest, GuestName, Source};
 use rustc_hash::FxHashMap;
@@ -136,6 +137,8 @@ pub struct Tracker {
     stat_files: FxHashMap<(u32, u32), (StatFile, u64)>,
     /// Kept-open `schedstat` files of vCPU threads, by (pid, tid).
     sched_files: FxHashMap<(u32, u32), (SchedStatFile, u64)>,
+    /// Kept-open `io` files of VMMs, by (pid, 0).
+    io_files: FxHashMap<(u32, u32), (IoFile, u64)>,
     /// Refresh count, to close the `stat` files of guests no longer read.
     generation: u64,
     /// Files kept open now (`stat` and `vcpu_stats`), and how many may be:
@@ -214,6 +217,7 @@ impl Tracker {
             vcpu_stats: FxHashMap::default(),
             stat_files: FxHashMap::default(),
             sched_files: FxHashMap::default(),
+            io_files: FxHashMap::default(),
             generation: 0,
             kept: 0,
             kept_budget: kept_budget(),
@@ -289,6 +293,7 @@ impl Tracker {
         self.generation += 1;
         self.kept = self.stat_files.len()
             + self.sched_files.len()
+            + self.io_files.len()
             + self
                 .vcpu_stats
                 .values()
@@ -578,6 +583,19 @@ impl Tracker {
         )
     }
 
+    /// The storage I/O of process `pid` (its `io`, kept open: one `pread`).
+    /// Read only for who asks (kvmtop's disk columns).
+    pub fn storage(&mut self, pid: u32) -> std::io::Result<StorageBytes> {
+        let rel = || format!("{pid}/io");
+        kept_files!(self).read(
+            &mut self.io_files,
+            (pid, 0),
+            rel,
+            IoFile::open,
+            IoFile::read,
+        )
+    }
+
     /// The CPU times of thread `tid` of `pid` (its `stat`, kept open).
     pub fn thread_times(&mut self, pid: u32, tid: u32) -> std::io::Result<ThreadTimes> {
         self.times(pid, tid)
@@ -587,6 +605,7 @@ impl Tracker {
         let keep_from = self.generation.saturating_sub(1);
         self.stat_files.retain(|_, (_, used)| *used >= keep_from);
         self.sched_files.retain(|_, (_, used)| *used >= keep_from);
+        self.io_files.retain(|_, (_, used)| *used >= keep_from);
     }
 
     /// The counters of guest `index` (in [`guests`](Self::guests)) named in

@@ -14,6 +14,7 @@ pub fn run(cfg: &Config, args: &BatchArgs, sample: bool, extra: Extra) -> anyhow
     let mut sampler = HeaderSampler::with(sample);
     let mut reader = frame::Reader::new(cfg);
     reader.threads = extra.threads();
+    reader.storage = extra.disk;
     let mut prev = reader.read();
     sampler.follow(&prev.guests);
     // Frames on a fixed beat (`-d` apart, not `-d` plus the frame's own

@@ -43,8 +43,9 @@ pub struct Cli {
     pub sample: bool,
     /// Columns off by default, comma-separated: steal (vCPU threads
     /// runnable but waiting for a host CPU), other (CPU of the VMM's
-    /// threads that are not vCPUs). Each reads two more kept-open files a
-    /// vCPU. In the live view W and O switch them.
+    /// threads that are not vCPUs), disk (the VMM's storage reads and
+    /// writes per second). steal and other read two more kept-open files a
+    /// vCPU, disk one a guest. In the live view W, O and D switch them.
     #[arg(long, value_delimiter = ',', value_name = "COLUMNS")]
     pub columns: Vec<ExtraColumn>,
     /// Symbols for the profile the live view opens on Enter.
@@ -59,6 +60,7 @@ pub struct Cli {
 pub enum ExtraColumn {
     Steal,
     Other,
+    Disk,
 }
 
 /// Which of the optional columns are shown.
@@ -66,6 +68,7 @@ pub enum ExtraColumn {
 pub struct Extra {
     pub steal: bool,
     pub other: bool,
+    pub disk: bool,
 }
 
 impl Extra {
@@ -73,6 +76,7 @@ impl Extra {
         Extra {
             steal: cols.contains(&ExtraColumn::Steal),
             other: cols.contains(&ExtraColumn::Other),
+            disk: cols.contains(&ExtraColumn::Disk),
         }
     }
 

@@ -42,6 +42,9 @@ pub struct Reading {
     /// Each vCPU thread's CPU times and run delay, by tid: read only when
     /// a column needs them ([`Reader::threads`]).
     pub threads: FxHashMap<u32, ThreadFacts>,
+    /// Each VMM's storage I/O, by pid: read only for the disk columns
+    /// ([`Reader::storage`]).
+    pub storage: FxHashMap<u32, kvmreg::storage::StorageBytes>,
 }
 
 /// What a frame reads of one vCPU thread for the STEAL and OTHER columns.
@@ -59,6 +62,8 @@ pub struct Reader {
     /// Read each vCPU thread's `stat` and `schedstat` too (two kept files
     /// a vCPU): what STEAL and OTHER need, off unless they are shown.
     pub threads: bool,
+    /// Read each VMM's `io` too (one kept file a guest): the disk columns.
+    pub storage: bool,
 }
 
 impl Reader {
@@ -68,6 +73,7 @@ impl Reader {
             host_stat: KeptFile::open(&cfg.proc_root.join("stat"), 4096).ok(),
             tracker: Tracker::new(cfg.clone()),
             threads: false,
+            storage: false,
         }
     }
 
@@ -76,6 +82,13 @@ impl Reader {
         let mut r = read(&mut self.tracker);
         if self.threads {
             r.threads = read_threads(&mut self.tracker, &r.guests);
+        }
+        if self.storage {
+            for g in &r.guests {
+                if let Ok(b) = self.tracker.storage(g.pid) {
+                    r.storage.insert(g.pid, b);
+                }
+            }
         }
         r.host = self
             .host_stat
@@ -152,6 +165,7 @@ pub fn read(t: &mut Tracker) -> Reading {
         counters,
         host: None,
         threads: FxHashMap::default(),
+        storage: FxHashMap::default(),
     }
 }
 
@@ -210,6 +224,14 @@ pub struct Row {
     /// process runs this VM alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub other_pct: Option<f64>,
+    /// The VMM's storage reads and writes in bytes per second (its
+    /// `/proc/<pid>/io` `read_bytes`, `write_bytes`: disk traffic, not
+    /// page-cache hits). `null` unless read (`--columns disk`) and the
+    /// process runs this VM alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_read_bps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_write_bps: Option<f64>,
     pub exits_per_s: Option<f64>,
     /// Successful / attempted halt polls over the interval.
     pub halt_poll_ratio: Option<f64>,
@@ -355,6 +377,13 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         (None, None) => (None, None),
     };
     let (steal_pct, vcpu_steal_pct, other_pct) = thread_figures(prev, cur, g, shared, secs);
+    let disk = match (prev.storage.get(&g.pid), cur.storage.get(&g.pid)) {
+        (Some(a), Some(b)) if !shared && secs > 0.0 => Some((
+            b.read.saturating_sub(a.read) as f64 / secs,
+            b.written.saturating_sub(a.written) as f64 / secs,
+        )),
+        _ => None,
+    };
     let k = g.key();
     let counters = cur.counters.get(&k);
     let pair = match (prev.counters.get(&k), counters) {
@@ -375,6 +404,8 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         steal_pct,
         vcpu_steal_pct,
         other_pct,
+        disk_read_bps: disk.map(|d| d.0),
+        disk_write_bps: disk.map(|d| d.1),
         exits_per_s: pair.and_then(|(a, b)| counter_rate(a, b, EXITS, secs)),
         halt_poll_ratio: pair.and_then(|(a, b)| halt_poll_ratio(a, b)),
         memory_bytes,

@@ -193,6 +193,9 @@ pub fn columns(extra: Extra) -> String {
     if extra.other {
         s.push_str(&format!(" {:>6}", "%OTHER"));
     }
+    if extra.disk {
+        s.push_str(&format!(" {:>7} {:>7}", "RD/s", "WR/s"));
+    }
     s.push_str(&format!(
         " {:>9} {:>5} {:>7} {}",
         "EXITS/s", "HPOLL", "MEMORY", "COMMAND"
@@ -258,6 +261,14 @@ pub fn row_into(out: &mut String, r: &Row, extra: Extra) {
     }
     if extra.other {
         pct_cell(out, r.other_pct, 6);
+    }
+    if extra.disk {
+        for v in [r.disk_read_bps, r.disk_write_bps] {
+            out.push(' ');
+            let at = out.len();
+            bytes_into(out, v.map(|b| b.round() as u64));
+            pad_from(out, at, 7);
+        }
     }
     pct_cell(out, r.exits_per_s, 9);
     out.push(' ');
@@ -374,6 +385,8 @@ mod tests {
             steal_pct: Some(12.5),
             vcpu_steal_pct: vec![Some(25.0), Some(0.0)],
             other_pct: None,
+            disk_read_bps: Some(1536.0),
+            disk_write_bps: None,
             exits_per_s: None,
             halt_poll_ratio: Some(0.5),
             memory_bytes: Some(1 << 30),
@@ -393,14 +406,21 @@ mod tests {
         let fixed = |l: &str| l.rfind(' ').map(|i| l[..i].len());
         assert_eq!(fixed(&line), fixed(&cols), "{line}\n{cols}");
         // So with the optional columns, after %USER.
-        let both = Extra {
+        let all = Extra {
             steal: true,
             other: true,
+            disk: true,
         };
-        let (l2, c2) = (row(&r, both), columns(both));
+        let (l2, c2) = (row(&r, all), columns(all));
         assert_eq!(fixed(&l2), fixed(&c2), "{l2}\n{c2}");
-        assert!(c2.contains(" %USER %STEAL %OTHER   EXITS/s "), "{c2}");
-        assert!(l2.contains("   5.0   12.5      -         - "), "{l2}");
+        assert!(
+            c2.contains(" %USER %STEAL %OTHER    RD/s    WR/s   EXITS/s "),
+            "{c2}"
+        );
+        assert!(
+            l2.contains("   5.0   12.5      -    1.5K       -         - "),
+            "{l2}"
+        );
         assert!(line.starts_with("a-very-long-guest-n+ "), "{line}");
         assert!(line.contains(" 4242 T     2 "), "{line}");
         assert!(line.contains(" 150.0 ") && line.contains(" 0.50 "));

@@ -226,6 +226,26 @@ fn register_thread_families(reg: &mut Registry, r: &Reading) {
         "Time each vCPU thread was runnable but waiting for a host CPU (its rate is the vCPU's steal)",
         wait,
     );
+    let read = Family::<GuestLabels, Counter>::default();
+    let written = Family::<GuestLabels, Counter>::default();
+    let vms_of = crate::frame::vms_per_pid(&r.guests);
+    for g in &r.guests {
+        let alone = vms_of.get(&g.pid).is_some_and(|&n| n == 1);
+        if let (true, Some(b)) = (alone, r.storage.get(&g.pid)) {
+            read.get_or_create(&labels(g)).inc_by(b.read);
+            written.get_or_create(&labels(g)).inc_by(b.written);
+        }
+    }
+    reg.register(
+        "guest_disk_read_bytes",
+        "Storage reads of the guest's VMM (read_bytes of /proc/<pid>/io), for a VMM running one VM",
+        read,
+    );
+    reg.register(
+        "guest_disk_written_bytes",
+        "Storage writes of the guest's VMM (write_bytes less cancelled_write_bytes), for a VMM running one VM",
+        written,
+    );
     reg.register(
         "guest_vcpu_cpu_seconds",
         "CPU time of each vCPU thread (guest_cpu_seconds beyond their sum is the VMM's other threads')",
@@ -407,6 +427,7 @@ pub fn run(
                 // (steal, other) are worth their two files a vCPU here.
                 let mut r = frame::Reader::new(cfg);
                 r.threads = true;
+                r.storage = true;
                 r
             }),
             served: AtomicU64::new(0),
@@ -451,6 +472,7 @@ mod tests {
             counters,
             host: None,
             threads: Default::default(),
+            storage: Default::default(),
         };
         let t = exposition(&r);
         // The label value is escaped by the encoder.
@@ -526,6 +548,7 @@ mod tests {
             counters: Default::default(),
             host: None,
             threads,
+            storage: Default::default(),
         };
         let t = exposition(&r);
         let l = "name=\"web\",id=\"\",pid=\"42\"";

@@ -112,8 +112,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("P N I X M", "sort by %CPU, name, pid, exits/s, memory"),
     ("r", "reverse the sort"),
     (
-        "W O",
-        "show or hide %STEAL (vCPUs waiting for a host CPU), %OTHER (non-vCPU threads' CPU)",
+        "W O D",
+        "show or hide %STEAL (vCPUs waiting for a host CPU), %OTHER (non-vCPU threads' CPU), RD/s WR/s (disk)",
     ),
     ("/", "filter by name, pid or id (Enter ends input)"),
     ("Ctrl-Z", "suspend (the shell's fg resumes)"),
@@ -269,6 +269,7 @@ impl App {
             KeyCode::Char('r') => self.reverse = !self.reverse,
             KeyCode::Char('W') => self.extra.steal = !self.extra.steal,
             KeyCode::Char('O') => self.extra.other = !self.extra.other,
+            KeyCode::Char('D') => self.extra.disk = !self.extra.disk,
             KeyCode::Char('/') => {
                 self.editing_filter = true;
                 self.filter.clear();
@@ -430,6 +431,7 @@ pub fn run(
     let mut sampler = HeaderSampler::with(sample);
     let mut reader = frame::Reader::new(cfg);
     reader.threads = app.extra.threads();
+    reader.storage = app.extra.disk;
     let mut prev = reader.read();
     sampler.follow(&prev.guests);
     let mut profiler: Option<Profiler> = None;
@@ -457,8 +459,9 @@ pub fn run(
             Action::None => {}
         }
         // A column switched on shows from the frame after next (a rate
-        // needs two readings of the threads).
+        // needs two readings).
         reader.threads = app.extra.threads();
+        reader.storage = app.extra.disk;
         let cur = reader.read();
         let s = if profiler.is_some() {
             SamplingSummary::Off {
@@ -546,6 +549,8 @@ mod tests {
             steal_pct: None,
             vcpu_steal_pct: Vec::new(),
             other_pct: None,
+            disk_read_bps: None,
+            disk_write_bps: None,
             exits_per_s: None,
             halt_poll_ratio: None,
             memory_bytes: Some(64 << 20),

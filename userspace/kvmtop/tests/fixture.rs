@@ -532,3 +532,53 @@ fn a_root_owned_libvirt_pid_file_names_the_guest_below_the_kernels_name() {
         );
     }
 }
+
+/// `write_bytes` of `/proc/<pid>/io`.
+fn written(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn disk_columns_show_the_vmm_storage_io() {
+    let test = "disk_columns_show_the_vmm_storage_io";
+    if !kvm_usable(test) {
+        return;
+    }
+    // 256 KiB a second written, synced, dropped and read back.
+    let fx = Fixture::start_with(&["dsk"], 10, &["--disk-rate", "256"]);
+    let pid = fx.lines[0].pid;
+    let start = Instant::now();
+    while written(pid) == 0 && start.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if written(pid) == 0 {
+        kvmreg_testkit::skip(
+            kvmreg_testkit::Facility::DiskIo,
+            test,
+            format_args!(
+                "{} is on a file system without writeback (tmpfs?): /proc/<pid>/io counts no writes there; the disk columns were NOT tested",
+                std::env::temp_dir().display()
+            ),
+        );
+        return;
+    }
+    let o = run(&["-b", "-n", "1", "-d", "3", "--json", "--columns", "disk"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = frames(&o.stdout);
+    let r = row(&f[0], pid).unwrap_or_else(|| panic!("pid {pid} missing: {:#}", f[0]));
+    // Three one-second bursts in three seconds, give or take one.
+    for k in ["disk_read_bps", "disk_write_bps"] {
+        let v = r[k].as_f64().unwrap_or_else(|| panic!("no {k}: {r:#}"));
+        assert!(
+            (128.0 * 1024.0..=400.0 * 1024.0).contains(&v),
+            "{k} {v} B/s for 256 KiB/s"
+        );
+    }
+}

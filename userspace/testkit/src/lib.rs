@@ -33,6 +33,9 @@ pub enum Facility {
     /// perf sampling of other processes allowed (root or `CAP_PERFMON`,
     /// or a permissive `kernel.perf_event_paranoid`).
     Perf,
+    /// A temporary directory on a file system with writeback, whose
+    /// writes `/proc/<pid>/io` counts (not tmpfs).
+    DiskIo,
 }
 
 impl Facility {
@@ -46,6 +49,7 @@ impl Facility {
             Facility::Root => "root",
             Facility::Registry => "registry",
             Facility::Perf => "perf",
+            Facility::DiskIo => "disk-io",
         }
     }
 }
