@@ -27,6 +27,7 @@ use crate::backend::{debugfs, fd_scan, proc_kvm, stats_fd::StatsFdError};
 use crate::cpu::{CpuSnapshot, SchedStat, ThreadTimes};
 use crate::discover::{self, discover_with, BackendState, Config, Counters};
 use crate::kept::{IoFile, SchedStatFile, StatFile, VcpuStatsError, VcpuStatsFile};
+use crate::model::GuestKey;
 use crate::procfs::{classify, Read, Skip};
 use crate::storage::StorageBytes;
 use crate::watch::{KvmEvent, KvmEventKind, UeventSocket};
@@ -147,6 +148,15 @@ pub struct Tracker {
     /// guests than the limit allows is watched more slowly, not partly.
     kept: usize,
     kept_budget: usize,
+    /// Guests whose stats fd KVM refused because this process did not
+    /// create the VM (`EIO`): a fact of the VM for its life, so the
+    /// `pidfd_getfd` and ioctl are not tried again each refresh (about ten
+    /// system calls a guest on a stock kernel without debugfs).
+    stats_foreign: HashSet<GuestKey>,
+    /// Whether `<debugfs>/kvm` existed at the last full discovery: without
+    /// it no counter file is tried (three failing opens a guest each
+    /// refresh) until the next one looks again.
+    debugfs_kvm: bool,
     /// debugfs counters the kernel refused (`EPERM`: lockdown refuses every
     /// cumulative stat, and lockdown is never lifted): not asked again.
     debugfs_refused: BTreeSet<String>,
@@ -218,6 +228,8 @@ impl Tracker {
             stat_files: FxHashMap::default(),
             sched_files: FxHashMap::default(),
             io_files: FxHashMap::default(),
+            stats_foreign: HashSet::new(),
+            debugfs_kvm: true,
             generation: 0,
             kept: 0,
             kept_budget: kept_budget(),
@@ -374,6 +386,9 @@ impl Tracker {
         self.sort();
         let ids: HashSet<u64> = self.guests.iter().filter_map(|g| g.id).collect();
         self.vcpu_stats.retain(|id, _| ids.contains(id));
+        let keys: HashSet<GuestKey> = self.guests.iter().map(Guest::key).collect();
+        self.stats_foreign.retain(|k| keys.contains(k));
+        self.debugfs_kvm = self.cfg.debugfs_root.join("kvm").is_dir();
     }
 
     /// Read `/proc/kvm/.list` and merge it into the set.
@@ -622,14 +637,21 @@ impl Tracker {
         let Some(g) = self.guests.get(index) else {
             return Err(StatsFdError::Unsupported("a guest at that index"));
         };
-        let (pid, id, nvcpus, vm_fd) = (g.pid, g.id, g.vcpus.len(), g.vm_fd);
+        let (pid, id, nvcpus, vm_fd, key) = (g.pid, g.id, g.vcpus.len(), g.vm_fd, g.key());
         let (Some(id), Some(Source::ProcKvm)) = (id, g.provenance.id) else {
             if let (Some(fd), Some(names)) = (vm_fd, names) {
                 if let Some(c) = self.debugfs_counters(pid, fd, names) {
                     return Ok(c);
                 }
             }
-            return discover::guest_counters_of(&self.cfg, &self.guests[index], names);
+            if self.stats_foreign.contains(&key) {
+                return Err(StatsFdError::ForeignProcess);
+            }
+            let r = discover::guest_counters_of(&self.cfg, &self.guests[index], names);
+            if matches!(r, Err(StatsFdError::ForeignProcess)) {
+                self.stats_foreign.insert(key);
+            }
+            return r;
         };
         let wanted = |n: &str| names.is_none_or(|ns| ns.contains(&n));
         let mut c = Counters {
@@ -730,11 +752,15 @@ impl Tracker {
 
     /// Named counters of the VM `<pid>-<fd>` from debugfs, on kernels
     /// without the registry: one open and read of each file, without first
-    /// checking the directory, and none for a name the kernel refused
-    /// before. Debugfs stat files are not kept open: an open one holds a
+    /// checking the directory, none for a name the kernel refused before,
+    /// and none at all while debugfs has no `kvm` directory (checked at
+    /// each full discovery). Debugfs stat files are not kept open: an open one holds a
     /// reference to the VM (see [`crate::kept`]). `None` when the VM has no
     /// debugfs directory (not mounted, or not this VM).
     fn debugfs_counters(&mut self, pid: u32, fd: i32, names: &[&str]) -> Option<Counters> {
+        if !self.debugfs_kvm {
+            return None;
+        }
         let dir = self.cfg.debugfs_root.join(format!("kvm/{pid}-{fd}"));
         let (refused, ask): (Vec<&str>, Vec<&str>) = names
             .iter()
