@@ -274,6 +274,21 @@ pub fn parse_schedstat(text: &str) -> Option<SchedStat> {
     Some(SchedStat { run_ns, wait_ns })
 }
 
+/// Seconds since process `pid` started: its boot-relative start time (in
+/// `stat`) against `uptime`.
+pub fn process_age(proc: &ProcRoot, pid: u32) -> Option<f64> {
+    let stat = proc.read_string(format!("{pid}/stat")).ok()?;
+    let start = parse_stat(&stat).ok()?.start_ticks;
+    let uptime: f64 = proc
+        .read_string("uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((uptime - start as f64 / clock_ticks_per_second()).max(0.0))
+}
+
 /// The clock tick of `/proc` times (`sysconf(_SC_CLK_TCK)`).
 pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no memory effects; a failure returns -1.

@@ -46,25 +46,11 @@ fn boottime_ns() -> Option<u64> {
     (r == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
-/// Seconds since the process started, from `<pid>/stat` and `uptime`.
-pub fn process_age(proc: &ProcRoot, pid: u32) -> Option<f64> {
-    let stat = proc.read_string(format!("{pid}/stat")).ok()?;
-    let start = kvmreg::cpu::parse_stat(&stat).ok()?.start_ticks;
-    let uptime: f64 = proc
-        .read_string("uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some((uptime - start as f64 / kvmreg::cpu::clock_ticks_per_second()).max(0.0))
-}
-
 /// `tids`: whether `g`'s vCPU threads were read.
 pub fn entry(proc: &ProcRoot, g: &Guest, tids: bool) -> Entry {
     let (age_s, age_source) = match (g.created, boottime_ns()) {
         (Some(c), Some(now)) => (Some(now.saturating_sub(c) as f64 / 1e9), Some("vm-created")),
-        _ => match process_age(proc, g.pid) {
+        _ => match kvmreg::cpu::process_age(proc, g.pid) {
             Some(a) => (Some(a), Some("process-start")),
             None => (None, None),
         },
@@ -221,7 +207,7 @@ mod tests {
         fields[22 - 3] = ((100.0 * hz) as u64).to_string();
         std::fs::write(d.join("9/stat"), format!("9 (a b) c) {}", fields.join(" "))).unwrap();
         std::fs::write(d.join("uptime"), "160.50 1.0\n").unwrap();
-        let a = process_age(&ProcRoot::new(&d), 9).unwrap();
+        let a = kvmreg::cpu::process_age(&ProcRoot::new(&d), 9).unwrap();
         std::fs::remove_dir_all(&d).ok();
         assert!((a - 60.5).abs() < 1e-6, "{a}");
     }

@@ -164,20 +164,10 @@ fn read_pid_file(path: &Path, uid: u32) -> Option<(u32, SystemTime)> {
     Some((text.trim().parse().ok()?, m.modified().ok()?))
 }
 
-/// When `pid` started, on the wall clock: now less the time since then
-/// (the boot-relative start in `stat`, against `uptime`).
+/// When `pid` started, on the wall clock: now less its age.
 fn process_start(proc: &ProcRoot, pid: u32) -> Option<SystemTime> {
-    let stat = proc.read_string(format!("{pid}/stat")).ok()?;
-    let start = crate::cpu::parse_stat(&stat).ok()?.start_ticks;
-    let uptime: f64 = proc
-        .read_string("uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let age = uptime - start as f64 / crate::cpu::clock_ticks_per_second();
-    SystemTime::now().checked_sub(Duration::from_secs_f64(age.max(0.0)))
+    let age = crate::cpu::process_age(proc, pid)?;
+    SystemTime::now().checked_sub(Duration::from_secs_f64(age))
 }
 
 #[cfg(test)]
