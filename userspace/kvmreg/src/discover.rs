@@ -43,6 +43,7 @@ impl Default for Config {
 /// What became of one backend in a discovery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum BackendState {
     Used,
     /// Not usable here, and why.
@@ -247,6 +248,7 @@ pub fn guest_stats(cfg: &Config, g: &Guest) -> Result<(Source, Stats), stats_fd:
 
 /// Scalar stats counters of a guest, and where they came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Counters {
     /// Where the bulk came from (the registry's stats file, debugfs, or
     /// `pidfd_getfd`); `sources` has it per counter.

@@ -11,6 +11,7 @@ use std::fmt;
 /// Where a fact about a guest came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Source {
     /// `/proc/kvm` and `/proc/<pid>/kvm/<id>/` (patched kernel).
     ProcKvm,
@@ -55,6 +56,7 @@ impl fmt::Display for Source {
 /// A guest's name, kept apart by how much it can be trusted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "name", rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum GuestName {
     /// The name the kernel holds for the VM (`KVM_SET_VM_NAME`, default
     /// `kvm<id>`): unique among the VMs of its owner uid in a pid
@@ -79,6 +81,15 @@ impl GuestName {
     pub fn as_str(&self) -> &str {
         match self {
             GuestName::Kernel(s) | GuestName::CmdlineHint(s) | GuestName::Libvirt(s) => s,
+        }
+    }
+
+    /// The kind, as tools print it: `kernel`, `libvirt`, `cmdline-hint`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GuestName::Kernel(_) => "kernel",
+            GuestName::Libvirt(_) => "libvirt",
+            GuestName::CmdlineHint(_) => "cmdline-hint",
         }
     }
 
@@ -122,6 +133,7 @@ pub struct Vcpu {
 /// Where each fact of a [`Guest`] came from; `None` where the fact is
 /// unknown.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Provenance {
     pub id: Option<Source>,
     pub name: Option<Source>,
@@ -134,6 +146,7 @@ pub struct Provenance {
 
 /// A KVM guest (one VM) as the host sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Guest {
     /// The kernel's boot-unique VM id (patched kernel only).
     pub id: Option<u64>,

@@ -37,6 +37,7 @@ fn list(c: &[Candidate]) -> String {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SelectError {
     #[error("no KVM guests found (or none visible to this user)")]
     NoGuests,

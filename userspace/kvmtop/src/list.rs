@@ -67,11 +67,7 @@ pub fn entry(proc: &ProcRoot, g: &Guest, tids: bool) -> Entry {
     }
     Entry {
         name: g.qualified_name(crate::guests::viewer()),
-        name_kind: g.name.as_ref().map(|n| match n {
-            GuestName::Kernel(_) => "kernel",
-            GuestName::CmdlineHint(_) => "cmdline-hint",
-            GuestName::Libvirt(_) => "libvirt",
-        }),
+        name_kind: g.name.as_ref().map(GuestName::kind),
         id: g.id,
         pid: g.pid,
         uid: g.uid,

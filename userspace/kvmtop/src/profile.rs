@@ -7,7 +7,7 @@ use crate::guests;
 use crate::out::emit;
 use kvmreg::perf::profile::Functions;
 use kvmreg::perf::record::{CpuMode, Sample};
-use kvmreg::perf::{Attribution, Attributor, Sampler, SamplerConfig};
+use kvmreg::perf::{Attributor, Sampler, SamplerConfig};
 use kvmreg::symbols::guest::{self as gsym, GuestSymbols};
 use kvmreg::symbols::Symbolizer;
 use kvmreg::{Config, Guest};
@@ -188,10 +188,7 @@ impl Profiler {
             guest_user: t.guest_user,
             host: t.host,
             lost,
-            attribution: match self.sampler.attribution {
-                Attribution::GuestId => "guest-id",
-                Attribution::VcpuThread => "vcpu-thread",
-            },
+            attribution: self.sampler.attribution.as_str(),
             functions: t.top(top, &self.syms),
             notes,
         }

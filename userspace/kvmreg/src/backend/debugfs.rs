@@ -201,6 +201,7 @@ pub fn read_counter(path: &Path) -> std::io::Result<Option<u64>> {
 
 /// Why a guest's debugfs directory was not found.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VmDirError {
     /// `<debugfs>/kvm` cannot be listed: not mounted, KVM not loaded
     /// (`Gone`), or not readable (`Denied`: it needs root).

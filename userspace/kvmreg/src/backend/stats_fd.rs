@@ -27,6 +27,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 pub const KVM_GET_STATS_FD: libc::c_ulong = ((kvm_bindings::KVMIO as libc::c_ulong) << 8) | 0xce;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StatsFdError {
     #[error("process {0} is gone")]
     Gone(u32),

@@ -19,6 +19,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PerfError {
     #[error(
         "perf_event_open on thread {tid} was refused ({err}): sampling another process' vCPU threads in guest mode needs CAP_PERFMON (or root), or else kernel.perf_event_paranoid <= 1 (it is {paranoid}) and ptrace rights over the VMM (same user)"
@@ -114,11 +115,22 @@ pub fn probe_guest_id() -> bool {
 
 /// How samples are tied to guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Attribution {
     /// The kernel's `PERF_SAMPLE_GUEST_ID` tag.
     GuestId,
     /// The sampled thread is a known vCPU thread.
     VcpuThread,
+}
+
+impl Attribution {
+    /// The name tools print: `guest-id`, `vcpu-thread`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribution::GuestId => "guest-id",
+            Attribution::VcpuThread => "vcpu-thread",
+        }
+    }
 }
 
 struct Event {
