@@ -534,7 +534,7 @@ impl Tracker {
     pub fn cpu(&mut self, pid: u32, tids: Option<&[u32]>) -> Read<CpuSnapshot> {
         let mut threads = BTreeMap::new();
         match tids {
-            None => match self.times(pid, 0) {
+            None => match self.thread_times(pid, 0) {
                 Ok(t) => {
                     threads.insert(pid, t);
                 }
@@ -542,7 +542,7 @@ impl Tracker {
             },
             Some(tids) => {
                 for &tid in tids {
-                    if let Ok(t) = self.times(pid, tid) {
+                    if let Ok(t) = self.thread_times(pid, tid) {
                         threads.insert(tid, t);
                     }
                 }
@@ -566,7 +566,9 @@ impl Tracker {
         }
     }
 
-    fn times(&mut self, pid: u32, tid: u32) -> std::io::Result<ThreadTimes> {
+    /// The CPU times of thread `tid` of `pid`, or of the whole process
+    /// with `tid` 0 (its `stat`, kept open: one `pread`).
+    pub fn thread_times(&mut self, pid: u32, tid: u32) -> std::io::Result<ThreadTimes> {
         let rel = || {
             if tid == 0 {
                 format!("{pid}/stat")
@@ -609,11 +611,6 @@ impl Tracker {
             IoFile::open,
             IoFile::read,
         )
-    }
-
-    /// The CPU times of thread `tid` of `pid` (its `stat`, kept open).
-    pub fn thread_times(&mut self, pid: u32, tid: u32) -> std::io::Result<ThreadTimes> {
-        self.times(pid, tid)
     }
 
     fn close_unused_stat_files(&mut self) {
@@ -754,9 +751,9 @@ impl Tracker {
     /// without the registry: one open and read of each file, without first
     /// checking the directory, none for a name the kernel refused before,
     /// and none at all while debugfs has no `kvm` directory (checked at
-    /// each full discovery). Debugfs stat files are not kept open: an open one holds a
-    /// reference to the VM (see [`crate::kept`]). `None` when the VM has no
-    /// debugfs directory (not mounted, or not this VM).
+    /// each full discovery). Debugfs stat files are not kept open: an open
+    /// one holds a reference to the VM (see [`crate::kept`]). `None` when
+    /// the VM has no debugfs directory (not mounted, or not this VM).
     fn debugfs_counters(&mut self, pid: u32, fd: i32, names: &[&str]) -> Option<Counters> {
         if !self.debugfs_kvm {
             return None;

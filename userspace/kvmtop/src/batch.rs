@@ -13,8 +13,7 @@ pub fn run(cfg: &Config, args: &BatchArgs, sample: bool, extra: Extra) -> anyhow
     let n = args.iterations.unwrap_or(1);
     let mut sampler = HeaderSampler::with(sample);
     let mut reader = frame::Reader::new(cfg);
-    reader.threads = extra.threads();
-    reader.storage = extra.disk;
+    reader.columns(extra);
     let mut prev = reader.read();
     sampler.follow(&prev.guests);
     // Frames on a fixed beat (`-d` apart, not `-d` plus the frame's own

@@ -4,6 +4,7 @@
 //! Everything comes from the kernel (`/proc`, debugfs); nothing here talks
 //! to a VMM, so a stopped or hung VMM cannot stall a refresh.
 
+use crate::cli::Extra;
 use crate::host::{self, HostSplit, HostTimes};
 use kvmreg::backend::stats_fd::StatsFdError;
 use kvmreg::cpu::{self, CpuRates, CpuSnapshot};
@@ -77,16 +78,25 @@ impl Reader {
         }
     }
 
+    /// Read what the optional columns `extra` need too, from the next
+    /// reading on (a rate shows from the one after).
+    pub fn columns(&mut self, extra: Extra) {
+        self.threads = extra.threads();
+        self.storage = extra.disk;
+    }
+
     /// Read everything once (see [`read`]).
     pub fn read(&mut self) -> Reading {
         let mut r = read(&mut self.tracker);
         if self.threads {
-            r.threads = read_threads(&mut self.tracker, &r.guests);
+            r.threads = read_threads(&mut self.tracker, &r.guests, &r.cpu);
         }
         if self.storage {
-            for g in &r.guests {
-                if let Ok(b) = self.tracker.storage(g.pid) {
-                    r.storage.insert(g.pid, b);
+            // One file a process, whatever the number of its VMs.
+            for of_pid in r.guests.chunk_by(|a, b| a.pid == b.pid) {
+                let pid = of_pid[0].pid;
+                if let Ok(b) = self.tracker.storage(pid) {
+                    r.storage.insert(pid, b);
                 }
             }
         }
@@ -169,15 +179,22 @@ pub fn read(t: &mut Tracker) -> Reading {
     }
 }
 
-/// The `stat` and `schedstat` of every known vCPU thread of `guests`.
-pub fn read_threads(t: &mut Tracker, guests: &[Arc<Guest>]) -> FxHashMap<u32, ThreadFacts> {
+/// The `stat` and `schedstat` of every known vCPU thread of `guests`. A
+/// thread whose `stat` this reading already has (in `cpu`: the vCPU
+/// threads of a process with several VMs) is not read again.
+pub fn read_threads(
+    t: &mut Tracker,
+    guests: &[Arc<Guest>],
+    cpu: &FxHashMap<u32, CpuSnapshot>,
+) -> FxHashMap<u32, ThreadFacts> {
     let mut m = FxHashMap::default();
     for g in guests {
         for tid in g.vcpus.iter().filter_map(|v| v.tid) {
+            let read = cpu.get(&g.pid).and_then(|s| s.threads.get(&tid)).cloned();
             m.insert(
                 tid,
                 ThreadFacts {
-                    times: t.thread_times(g.pid, tid).ok(),
+                    times: read.or_else(|| t.thread_times(g.pid, tid).ok()),
                     sched: t.sched(g.pid, tid).ok(),
                 },
             );

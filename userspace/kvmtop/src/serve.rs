@@ -186,20 +186,25 @@ pub fn exposition(r: &Reading) -> String {
         "1 if KVM's stats of the guest could be read",
         readable,
     );
-    register_thread_families(&mut reg, r);
+    register_optional_families(&mut reg, r, &vms_of);
     let mut o = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut o, &reg);
     o
 }
 
-/// `kvmtop_guest_vcpu_wait_seconds` (each vCPU thread's run delay: its
-/// rate is the vCPU's steal) and `kvmtop_guest_vcpu_cpu_seconds` (each
-/// vCPU thread's CPU time: what `kvmtop_guest_cpu_seconds` has beyond
-/// their sum is the VMM's other threads', %OTHER). Both only grow, as
-/// counters must; the difference is left to the query, since the process
-/// and its threads are not read at one instant.
-fn register_thread_families(reg: &mut Registry, r: &Reading) {
+/// The figures of kvmtop's optional columns: `kvmtop_guest_vcpu_wait_seconds`
+/// (each vCPU thread's run delay: its rate is the vCPU's steal),
+/// `kvmtop_guest_vcpu_cpu_seconds` (each vCPU thread's CPU time: what
+/// `kvmtop_guest_cpu_seconds` has beyond their sum is the VMM's other
+/// threads', %OTHER; both only grow, as counters must, and the difference
+/// is left to the query, since the process and its threads are not read
+/// at one instant), and the disk byte counters of a VMM running one VM.
+fn register_optional_families(
+    reg: &mut Registry,
+    r: &Reading,
+    vms_of: &rustc_hash::FxHashMap<u32, usize>,
+) {
     let wait = Family::<VcpuLabels, Counter<f64, AtomicU64>>::default();
     let busy = Family::<VcpuLabels, Counter<f64, AtomicU64>>::default();
     let hz = cpu::clock_ticks_per_second();
@@ -228,7 +233,6 @@ fn register_thread_families(reg: &mut Registry, r: &Reading) {
     );
     let read = Family::<GuestLabels, Counter>::default();
     let written = Family::<GuestLabels, Counter>::default();
-    let vms_of = crate::frame::vms_per_pid(&r.guests);
     for g in &r.guests {
         let alone = vms_of.get(&g.pid).is_some_and(|&n| n == 1);
         if let (true, Some(b)) = (alone, r.storage.get(&g.pid)) {
@@ -423,11 +427,14 @@ pub fn run(
         let st = Arc::new(State {
             header_timeout,
             reader: Mutex::new({
-                // Scrapes are seconds apart: the vCPU threads' figures
-                // (steal, other) are worth their two files a vCPU here.
+                // Scrapes are seconds apart: the optional figures (steal,
+                // other, disk) are worth their files here.
                 let mut r = frame::Reader::new(cfg);
-                r.threads = true;
-                r.storage = true;
+                r.columns(crate::cli::Extra {
+                    steal: true,
+                    other: true,
+                    disk: true,
+                });
                 r
             }),
             served: AtomicU64::new(0),

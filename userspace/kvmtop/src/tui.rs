@@ -84,7 +84,7 @@ pub struct App {
     scroll: Cell<usize>,
     page: Cell<usize>,
     pub profile: Option<ProfileScreen>,
-    /// The optional columns shown (`--columns`, W and O): kept for the
+    /// The optional columns shown (`--columns`, W, O and D): kept for the
     /// whole run, whichever view is open.
     pub extra: Extra,
 }
@@ -430,8 +430,7 @@ pub fn run(
     app.extra = extra;
     let mut sampler = HeaderSampler::with(sample);
     let mut reader = frame::Reader::new(cfg);
-    reader.threads = app.extra.threads();
-    reader.storage = app.extra.disk;
+    reader.columns(app.extra);
     let mut prev = reader.read();
     sampler.follow(&prev.guests);
     let mut profiler: Option<Profiler> = None;
@@ -460,8 +459,7 @@ pub fn run(
         }
         // A column switched on shows from the frame after next (a rate
         // needs two readings).
-        reader.threads = app.extra.threads();
-        reader.storage = app.extra.disk;
+        reader.columns(app.extra);
         let cur = reader.read();
         let s = if profiler.is_some() {
             SamplingSummary::Off {
