@@ -74,6 +74,10 @@ pub fn parse(text: &str) -> Parsed {
 /// One line a test printed: a skip turns its pass into a skip; the first
 /// partial check becomes its note.
 fn read_section_line(point: &mut TestPoint, line: &str) {
+    if point.outcome == Outcome::Fail {
+        read_failure_line(point, line);
+        return;
+    }
     if point.outcome != Outcome::Pass {
         return;
     }
@@ -82,6 +86,19 @@ fn read_section_line(point: &mut TestPoint, line: &str) {
         point.note = Some(why.to_string());
     } else if line.starts_with("NOT CHECKED") && point.note.is_none() {
         point.note = Some(line.to_string());
+    }
+}
+
+/// A failed test's note: where it panicked and the first line of the
+/// message, so a summary can say why without the whole output.
+fn read_failure_line(point: &mut TestPoint, line: &str) {
+    match &mut point.note {
+        None if line.contains(" panicked at ") => point.note = Some(line.to_string()),
+        Some(n) if !n.contains(" | ") && !line.trim().is_empty() => {
+            n.push_str(" | ");
+            n.push_str(line.trim());
+        }
+        _ => {}
     }
 }
 
@@ -157,6 +174,19 @@ mod tests {
                    ---- a stdout ----\nSKIPPED a: no tmux\n\nfailures:\n    a\n";
         let p = parse(out);
         assert_eq!(p.points[0].outcome, Outcome::Fail);
+    }
+
+    #[test]
+    fn a_failed_test_notes_where_and_why_it_panicked() {
+        let out = "running 1 test\ntest a ... FAILED\n\nfailures:\n\n\
+                   ---- a stdout ----\nsome output\n\
+                   thread 'a' panicked at tests/x.rs:5:9:\nsteal 12% not near 50%\n\
+                   second line\n\nfailures:\n    a\n";
+        let p = parse(out);
+        assert_eq!(
+            p.points[0].note.as_deref(),
+            Some("thread 'a' panicked at tests/x.rs:5:9: | steal 12% not near 50%")
+        );
     }
 
     #[test]

@@ -108,6 +108,12 @@ fn unchecked(step: &str, points: &[TestPoint], into: &mut Unchecked) {
     }
 }
 
+fn failed_points(step: &str, points: &[TestPoint], into: &mut Unchecked) {
+    for p in points.iter().filter(|p| p.outcome == Outcome::Fail) {
+        into.push((step.to_string(), p.clone()));
+    }
+}
+
 fn cargo(args: &[&str]) -> Result<bool> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(paths::repo_root())
@@ -121,6 +127,7 @@ fn cargo(args: &[&str]) -> Result<bool> {
 pub fn test_all() -> Result<bool> {
     let mut log = Vec::new();
     let mut skipped = Unchecked::new();
+    let mut failures = Unchecked::new();
     step(&mut log, "deps", || deps::run().map(|_| true));
     step(&mut log, "cargo fmt --check", || {
         cargo(&["fmt", "--all", "--", "--check"])
@@ -138,6 +145,7 @@ pub fn test_all() -> Result<bool> {
     step(&mut log, "cargo test (host)", || {
         let (ok, points) = host_tests()?;
         unchecked("host", &points, &mut skipped);
+        failed_points("host", &points, &mut failures);
         Ok(ok)
     });
     if !Series::load()?.is_empty() {
@@ -182,6 +190,7 @@ pub fn test_all() -> Result<bool> {
         )?;
         qemu::report(&r);
         unchecked("test VM, fast", &r.points, &mut skipped);
+        failed_points("test VM, fast", &r.points, &mut failures);
         Ok(passed(&r))
     });
     step(
@@ -203,6 +212,7 @@ pub fn test_all() -> Result<bool> {
     for (name, (result, secs), judge) in runs {
         if let (Ok(r), "run --config debug") = (&result, name) {
             unchecked("test VM, debug", &r.points, &mut skipped);
+            failed_points("test VM, debug", &r.points, &mut failures);
         }
         println!("\n==== test: {name} (ran beside the steps above) ====");
         let ok = match result.and_then(|r| judge(&r)) {
@@ -233,6 +243,18 @@ pub fn test_all() -> Result<bool> {
             p.name,
             p.note.as_deref().unwrap_or("")
         );
+    }
+    // The tests that failed, by name and why, where a reader of the log's
+    // end (CI shows its head and tail) sees them.
+    if !failures.is_empty() {
+        println!("\n==== failed tests ({}) ====", failures.len());
+        for (at, p) in &failures {
+            println!(
+                "FAILED   {at}: {} ({})",
+                p.name,
+                p.note.as_deref().unwrap_or("-")
+            );
+        }
     }
     println!("\n==== test summary ====");
     for (name, ok, secs) in &log {
