@@ -130,6 +130,14 @@ fn mount_pseudo() -> Result<()> {
         "mode=620,ptmxmode=666",
     )?;
     let _ = mount("debugfs", Path::new("/sys/kernel/debug"), "debugfs", 0, "");
+    // Kernels with event tracing (the debug config) have tracefs.
+    let _ = mount(
+        "tracefs",
+        Path::new("/sys/kernel/tracing"),
+        "tracefs",
+        0,
+        "",
+    );
     std::env::set_var(
         "PATH",
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

@@ -129,6 +129,7 @@ pub fn default_suites(tree: Tree, config: Config) -> Vec<String> {
         suites.push("qemu-client".into());
         if config == Config::Debug {
             suites.push("stress-60s".into());
+            suites.extend(DEBUG_KERNEL_RUST.iter().map(|s| s.to_string()));
         }
         if config == Config::Fast {
             suites.push("permissions".into());
@@ -189,7 +190,20 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
             }
             "lkdtm" => runs.push(script("lkdtm", "lkdtm.sh", 60)),
             "qemu-client" => runs.push(script("qemu-client", "qemu_client.sh", 120)),
-            "rust" => runs.extend(rust_tests(kernel)?),
+            "rust" => runs.extend(
+                rust_tests(kernel)?
+                    .into_iter()
+                    .filter(|r| !DEBUG_KERNEL_RUST.contains(&r.name.as_str())),
+            ),
+            // One Rust test binary, e.g. rust/kvmtop/exits.
+            one if one.starts_with("rust/") => {
+                let all = rust_tests(kernel)?;
+                let names: Vec<String> = all.iter().map(|r| r.name.clone()).collect();
+                let Some(run) = all.into_iter().find(|r| r.name == one) else {
+                    bail!("no Rust test binary `{one}`; built: {}", names.join(", "));
+                };
+                runs.push(run);
+            }
             "libvirt-hook" => {
                 let mut run = script("libvirt-hook", "libvirt_hook.sh", 180);
                 let hook = crate::paths::repo_root().join("contrib/libvirt/qemu");
@@ -309,8 +323,18 @@ fn provided(kernel: &Kernel) -> String {
     if kernel.tree == Tree::Patched {
         f.push("registry");
     }
+    // Event tracing is in the debug config only (the fast kernel leaves it
+    // out to build faster); the test VM's KVM is kvm_amd (QEMU's SVM).
+    if kernel.config == Config::Debug {
+        f.push("exit-tracepoints");
+    }
     f.join(",")
 }
+
+/// Rust test binaries that need what only the debug kernel has (event
+/// tracing): they run there, as suites of their own, and not with `rust`
+/// on the fast kernel, where they could only skip.
+const DEBUG_KERNEL_RUST: &[&str] = &["rust/kvmtop/exits"];
 
 /// The userspace crates whose tests run inside the test VM: they must
 /// pass against the real registry, not only on the host's unpatched kernel.

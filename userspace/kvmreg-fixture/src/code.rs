@@ -9,6 +9,9 @@
 //!
 //! `hlt` exits to the VMM once per round, which lets the VMM throttle the
 //! guest (`--busy`); with CS base 0 the guest RIP equals these addresses.
+//! With `--port-io` each round also writes a byte to port 0x80 before its
+//! `hlt` (`out 0x80, al`), one port I/O exit per round, for the exit
+//! reason tests: the same number of `io` and `hlt` exits.
 
 /// One instruction: its bytes and its assembler text (Intel syntax), so
 /// the image and the listing written as `guest.S` come from one table.
@@ -62,21 +65,27 @@ fn busy(loops: u16) -> Vec<Insn> {
     ]
 }
 
-/// The guest's functions, in address order.
-pub fn functions() -> Vec<Func> {
+/// The port `--port-io` writes to (POST codes: harmless on any VMM).
+pub const PORT: u16 = 0x80;
+
+/// The guest's functions, in address order; `port_io`: a port write each
+/// round (`--port-io`).
+pub fn functions(port_io: bool) -> Vec<Func> {
     let hot_a = 0x1100;
     let hot_b = 0x1200;
     // call rel16, relative to the end of the 3-byte instruction
     let call = |next: u64, to: u64| [&[0xE8][..], &rel16(next, to)[..]].concat();
-    let main = vec![
+    let mut main = vec![
         insn(call(ENTRY + 3, hot_a), "call hot_a"),
         insn(call(ENTRY + 6, hot_b), "call hot_b"),
-        insn(vec![0xF4], "hlt"),
-        insn(
-            vec![0xEB, (ENTRY as i64 - (ENTRY as i64 + 9)) as i8 as u8],
-            "jmp main",
-        ),
     ];
+    if port_io {
+        main.push(insn(vec![0xE6, PORT as u8], format!("out {PORT:#x}, al")));
+    }
+    main.push(insn(vec![0xF4], "hlt"));
+    // jmp rel8 back to main, relative to the end of its 2 bytes.
+    let len: usize = main.iter().map(|i| i.bytes.len()).sum::<usize>() + 2;
+    main.push(insn(vec![0xEB, (-(len as i64)) as i8 as u8], "jmp main"));
     vec![
         Func::new("main", ENTRY, main),
         Func::new("hot_a", hot_a, busy(HOT_A_LOOPS)),
@@ -85,8 +94,8 @@ pub fn functions() -> Vec<Func> {
 }
 
 /// The image from guest address 0 to the end of the last function.
-pub fn image() -> Vec<u8> {
-    let funcs = functions();
+pub fn image(port_io: bool) -> Vec<u8> {
+    let funcs = functions(port_io);
     let end = funcs
         .iter()
         .map(|f| f.addr as usize + f.bytes.len())
@@ -105,7 +114,7 @@ mod tests {
 
     #[test]
     fn branches_land_on_the_functions() {
-        let img = image();
+        let img = image(false);
         let at = |a: usize| i16::from_le_bytes([img[a], img[a + 1]]) as i64;
         assert_eq!(0x1003 + at(0x1001), 0x1100);
         assert_eq!(0x1006 + at(0x1004), 0x1200);
@@ -116,7 +125,7 @@ mod tests {
 
     #[test]
     fn listing_matches_the_bytes() {
-        let f = functions();
+        let f = functions(false);
         let texts: Vec<Vec<&str>> = f
             .iter()
             .map(|f| f.insns.iter().map(|i| i.text.as_str()).collect())
@@ -126,5 +135,21 @@ mod tests {
         let lens: Vec<usize> = f[0].insns.iter().map(|i| i.bytes.len()).collect();
         assert_eq!(lens, [3, 3, 1, 2]);
         assert_eq!(f[0].bytes.len(), 9);
+    }
+
+    #[test]
+    fn port_io_writes_port_0x80_then_halts_and_loops() {
+        let img = image(true);
+        assert_eq!(&img[0x1006..0x1009], &[0xE6, 0x80, 0xF4]);
+        // jmp main from the end of its 2 bytes at 0x1009.
+        assert_eq!(0x100b + img[0x100a] as i8 as i64, 0x1000);
+        let texts: Vec<String> = functions(true)[0]
+            .insns
+            .iter()
+            .map(|i| i.text.clone())
+            .collect();
+        assert_eq!(texts[2], "out 0x80, al");
+        // hot_a and hot_b stay where the symbol files say.
+        assert_eq!(&img[0x1100..0x1106], &image(false)[0x1100..0x1106]);
     }
 }

@@ -80,6 +80,11 @@ struct Args {
     /// system with writeback; tmpfs has none).
     #[arg(long, value_name = "KIB", default_value_t = 0)]
     disk_rate: u32,
+    /// Each round of the guest also writes a byte to port 0x80 before its
+    /// `hlt`: as many port I/O exits as halt exits (for exit reason tests;
+    /// the symbol files of --out describe the code without it).
+    #[arg(long, conflicts_with = "out")]
+    port_io: bool,
     /// Where --disk-rate's files go (default: the temporary directory).
     #[arg(long, value_name = "DIR")]
     disk_dir: Option<PathBuf>,
@@ -183,6 +188,15 @@ fn pin_to(cpu: usize) -> Result<()> {
     Ok(())
 }
 
+fn spec(args: &Args, mem_bytes: usize) -> vm::Spec {
+    vm::Spec {
+        vcpus: args.vcpus,
+        mem_bytes,
+        busy: args.busy,
+        port_io: args.port_io,
+    }
+}
+
 fn line(g: &vm::Guest) -> String {
     let id = vm::vm_id(&g.vm).map_or("-".to_string(), |i| i.to_string());
     let named = match &g.naming {
@@ -243,7 +257,7 @@ fn main() -> Result<()> {
         start_disk_io(&args)?;
         let mut guests = Vec::new();
         for name in &args.guests {
-            guests.push(vm::start(&kvm, name, args.vcpus, mem, args.busy)?);
+            guests.push(vm::start(&kvm, name, spec(&args, mem))?);
         }
         let mut out = std::io::stdout().lock();
         for g in &guests {
@@ -290,7 +304,7 @@ fn run_forked(kvm: &kvm_ioctls::Kvm, args: &Args, mem: usize) -> Result<()> {
             let mut w = std::fs::File::from(wr);
             let started = add_bulk(args.extra_fds, args.extra_threads, args.extra_busy)
                 .and_then(|()| start_disk_io(args))
-                .and_then(|()| vm::start(kvm, name, args.vcpus, mem, args.busy));
+                .and_then(|()| vm::start(kvm, name, spec(args, mem)));
             let msg = match started {
                 Ok(g) => {
                     if let Some(n) = naming_note(&g) {

@@ -15,7 +15,7 @@ use std::path::Path;
 
 /// `/proc/kallsyms` lines for the guest functions.
 pub fn kallsyms() -> String {
-    code::functions()
+    code::functions(false)
         .iter()
         .map(|f| format!("{:016x} T {}\n", f.addr, f.name))
         .collect()
@@ -26,7 +26,7 @@ pub fn kallsyms() -> String {
 pub fn build_id() -> [u8; 20] {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut id = [0u8; 20];
-    for (i, b) in code::image().iter().enumerate() {
+    for (i, b) in code::image(false).iter().enumerate() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x100_0000_01b3);
         id[i % 20] ^= (h >> 24) as u8;
@@ -65,7 +65,7 @@ pub fn source() -> (String, Vec<(u64, u64)>) {
         "; are hand-assembled in the fixture, not built from this file".into(),
     );
     push(&mut text, "\t.code16".into());
-    for f in code::functions() {
+    for f in code::functions(false) {
         push(&mut text, String::new());
         push(&mut text, format!("\t.org {:#x}", f.addr));
         push(&mut text, format!("{}:", f.name));
@@ -117,7 +117,7 @@ pub fn dwarf() -> Result<Vec<(&'static str, Vec<u8>)>> {
     );
     let (_, lines) = source();
     let line_of = |addr: u64| lines.iter().find(|l| l.0 == addr).map(|l| l.1);
-    let funcs = code::functions();
+    let funcs = code::functions(false);
     for f in &funcs {
         program.begin_sequence(Some(Address::Constant(f.addr)));
         let mut off = 0u64;
@@ -203,8 +203,8 @@ pub fn dwarf() -> Result<Vec<(&'static str, Vec<u8>)>> {
 pub fn elf() -> Result<Vec<u8>> {
     let mut obj = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
     let text = obj.add_section(Vec::new(), b".text".to_vec(), SectionKind::Text);
-    obj.set_section_data(text, code::image(), 16);
-    for f in code::functions() {
+    obj.set_section_data(text, code::image(false), 16);
+    for f in code::functions(false) {
         obj.add_symbol(Symbol {
             name: f.name.as_bytes().to_vec(),
             value: f.addr,

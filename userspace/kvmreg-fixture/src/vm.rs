@@ -101,11 +101,27 @@ impl Memory {
     }
 }
 
+/// What each guest runs: vCPUs, memory, CPU use, and whether each round
+/// writes to a port.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub vcpus: u32,
+    pub mem_bytes: usize,
+    pub busy: u32,
+    pub port_io: bool,
+}
+
 /// Create the VM, load the code, start the vCPU threads.
-pub fn start(kvm: &Kvm, name: &str, vcpus: u32, mem_bytes: usize, busy: u32) -> Result<Guest> {
+pub fn start(kvm: &Kvm, name: &str, spec: Spec) -> Result<Guest> {
+    let Spec {
+        vcpus,
+        mem_bytes,
+        busy,
+        port_io,
+    } = spec;
     let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
     let naming = set_name(kvm, &vm, name);
-    let img = code::image();
+    let img = code::image(port_io);
     if mem_bytes < code::STACK_TOP as usize || img.len() > mem_bytes {
         bail!("--mem-kib too small for the guest image and stack");
     }
@@ -215,6 +231,8 @@ fn run_vcpu(vcpu: &mut VcpuFd, busy: u32, mut on_hlt: impl FnMut()) -> Result<()
                     resumed = Instant::now();
                 }
             }
+            // `--port-io`: the write is the exit; nothing to emulate.
+            Ok(VcpuExit::IoOut(code::PORT, _)) => {}
             Ok(VcpuExit::Intr) => {}
             Ok(other) => bail!("unexpected exit {other:?}"),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}

@@ -166,6 +166,12 @@ pub enum Command {
         guest: GuestArg,
         #[command(flatten)]
         batch: BatchArgs,
+        /// Also exits per reason and their handling time, from the kvm_exit
+        /// and kvm_entry tracepoints on this guest's vCPU threads only (like
+        /// `perf kvm stat live` for one guest; root or CAP_PERFMON, and a
+        /// mounted tracefs). Costs a record per exit while it runs.
+        #[arg(long)]
+        exits: bool,
     },
     /// Hottest guest-kernel functions of one guest (perf kvm top for one guest).
     Profile {
@@ -388,7 +394,7 @@ mod tests {
     fn subcommands_take_a_guest() {
         let c = Cli::try_parse_from(["kvmtop", "stat", "-g", "web", "-b"]).unwrap();
         match c.command {
-            Some(Command::Stat { guest, batch }) => {
+            Some(Command::Stat { guest, batch, .. }) => {
                 assert_eq!(guest.guest.as_deref(), Some("web"));
                 assert!(batch.batch);
             }

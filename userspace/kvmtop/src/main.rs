@@ -4,6 +4,7 @@
 mod batch;
 mod cli;
 mod docs;
+mod exits;
 mod frame;
 mod guests;
 mod host;
@@ -59,9 +60,11 @@ fn run(c: Cli) -> anyhow::Result<()> {
         None if c.batch.batch => batch::run(&cfg, &c.batch, c.sample, Extra::of(&c.columns)),
         None => tui::run(&cfg, &c.batch, &c.syms, c.sample, Extra::of(&c.columns)),
         Some(Command::List { json, all }) => list::run(&cfg, json || c.batch.json, all),
-        Some(Command::Stat { guest, batch }) => {
-            stat::run(&cfg, guest.guest.as_deref(), &batch.or(&c.batch))
-        }
+        Some(Command::Stat {
+            guest,
+            batch,
+            exits,
+        }) => stat::run(&cfg, guest.guest.as_deref(), &batch.or(&c.batch), exits),
         Some(Command::Profile {
             guest,
             syms,

@@ -5,6 +5,7 @@
 //! of the terminal, so tests render into ratatui's `TestBackend`.
 
 use crate::cli::BatchArgs;
+use crate::exits::{self, ExitSection, Exits};
 use crate::frame::counter_rates;
 use crate::guests;
 use crate::out::emit;
@@ -40,6 +41,9 @@ pub struct StatFrame {
     pub stats: Vec<StatLine>,
     /// What could not be read, e.g. why vCPU stats are missing.
     pub notes: Vec<String>,
+    /// Exits per reason (`--exits`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exits: Option<ExitSection>,
 }
 
 /// Lines sorted like kvm_stat: busiest first, then by total, then name.
@@ -98,6 +102,9 @@ pub fn text(f: &StatFrame) -> String {
     for n in &f.notes {
         s.push_str(&format!("note: {n}\n"));
     }
+    if let Some(e) = &f.exits {
+        s.push_str(&exits::text(e));
+    }
     s
 }
 
@@ -112,8 +119,15 @@ fn counters(cfg: &Config, g: &Guest) -> anyhow::Result<Counters> {
 }
 
 /// The frame of the `secs` from reading `prev` to reading `cur`.
-fn stat_frame(g: &Guest, prev: &Counters, cur: &Counters, secs: f64) -> StatFrame {
+fn stat_frame(
+    g: &Guest,
+    prev: &Counters,
+    cur: &Counters,
+    secs: f64,
+    exits: Option<&mut Exits>,
+) -> StatFrame {
     StatFrame {
+        exits: exits.map(|e| e.section(secs)),
         guest: g.label_for(crate::guests::viewer()),
         id: g.id,
         pid: g.pid,
@@ -124,24 +138,55 @@ fn stat_frame(g: &Guest, prev: &Counters, cur: &Counters, secs: f64) -> StatFram
     }
 }
 
-pub fn run(cfg: &Config, wanted: Option<&str>, args: &BatchArgs) -> anyhow::Result<()> {
+/// Start tracing the exits of `g` (`--exits`), or say why it cannot be.
+fn trace_exits(g: &Guest) -> anyhow::Result<Exits> {
+    kvmreg::perf::exits::trace_guest(g)
+        .map(Exits::new)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot trace the exits of guest {} (pid {}): {e}",
+                g.label_for(crate::guests::viewer()),
+                g.pid
+            )
+        })
+}
+
+pub fn run(
+    cfg: &Config,
+    wanted: Option<&str>,
+    args: &BatchArgs,
+    with_exits: bool,
+) -> anyhow::Result<()> {
     let delay = args.delay();
     let g = guests::pick(cfg, wanted)?;
+    let mut exits = if with_exits {
+        Some(trace_exits(&g)?)
+    } else {
+        None
+    };
     if !args.batch && !args.json && std::io::stdout().is_terminal() {
-        return run_live(cfg, &g, args, delay);
+        return run_live(cfg, &g, args, delay, exits);
     }
     let mut prev = counters(cfg, &g)?;
     let mut at = Instant::now();
+    // Exits count from the same moment as the counters.
+    if let Some(e) = &mut exits {
+        let _ = e.section(0.0);
+    }
     // Without -b (output not a terminal, or --json), print frames until
     // interrupted, as kvm_stat -l does.
     let n = args
         .iterations
         .unwrap_or(if args.batch { 1 } else { u64::MAX });
     for _ in 0..n {
-        std::thread::sleep(delay);
+        match &mut exits {
+            Some(e) => e.sleep_until(at + delay),
+            None => std::thread::sleep(delay),
+        }
         let cur = counters(cfg, &g)?;
         let now = Instant::now();
-        let f = stat_frame(&g, &prev, &cur, now.duration_since(at).as_secs_f64());
+        let secs = now.duration_since(at).as_secs_f64();
+        let f = stat_frame(&g, &prev, &cur, secs, exits.as_mut());
         let t = if args.json {
             format!("{}\n", serde_json::to_string(&f)?)
         } else {
@@ -278,6 +323,16 @@ pub fn draw(f: &mut ratatui::Frame, v: &StatView) {
                 Cell::from(l.source.clone()),
             ])
         });
+        // With --exits the exit reasons take the lower half of the body.
+        let (body, lower) = match &fr.exits {
+            Some(_) => {
+                let [a, b] =
+                    Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)])
+                        .areas(body);
+                (a, Some(b))
+            }
+            None => (body, None),
+        };
         f.render_widget(
             Table::new(
                 rows,
@@ -291,6 +346,9 @@ pub fn draw(f: &mut ratatui::Frame, v: &StatView) {
             .header(header),
             body,
         );
+        if let (Some(e), Some(area)) = (&fr.exits, lower) {
+            draw_exits(f, e, area);
+        }
     }
     f.render_widget(
         Paragraph::new(notes.into_iter().map(Line::from).collect::<Vec<_>>())
@@ -302,9 +360,70 @@ pub fn draw(f: &mut ratatui::Frame, v: &StatView) {
     }
 }
 
+/// The exit reasons' table of `--exits`.
+fn draw_exits(f: &mut ratatui::Frame, e: &ExitSection, area: ratatui::layout::Rect) {
+    let right = |s: String| Cell::from(Line::from(s).alignment(Alignment::Right));
+    let header = Row::new(vec![
+        Cell::from(format!("EXIT REASON ({})", e.isa.unwrap_or("-"))),
+        right("EXITS".into()),
+        right("PER SEC".into()),
+        right("AVG HANDLING".into()),
+        right("HANDLING%".into()),
+    ])
+    .style(Style::default().add_modifier(Modifier::REVERSED));
+    let mut rows: Vec<Row> = e
+        .reasons
+        .iter()
+        .map(|l| {
+            Row::new(vec![
+                Cell::from(l.reason.clone()),
+                right(l.exits.to_string()),
+                right(format!("{:.1}", l.per_s)),
+                right(
+                    l.avg_handling_us
+                        .map_or("-".into(), |us| format!("{us:.1}us")),
+                ),
+                right(format!("{:.1}", l.handling_pct)),
+            ])
+        })
+        .collect();
+    if e.reasons.is_empty() {
+        rows.push(Row::new(vec![Cell::from("(no exits in this interval)")]));
+    }
+    if let Some(n) = &e.note {
+        rows.push(Row::new(vec![Cell::from(format!("note: {n}"))]));
+    }
+    if e.lost > 0 {
+        rows.push(Row::new(vec![Cell::from(format!(
+            "{} records lost: counts short",
+            e.lost
+        ))]));
+    }
+    f.render_widget(
+        Table::new(
+            rows,
+            [
+                Constraint::Min(20),
+                Constraint::Length(10),
+                Constraint::Length(10),
+                Constraint::Length(13),
+                Constraint::Length(10),
+            ],
+        )
+        .header(header),
+        area,
+    );
+}
+
 /// `kvmtop stat` on a terminal: the counters full-screen, refreshed every
 /// `delay`, until `q` (or `-n` frames).
-fn run_live(cfg: &Config, g: &Guest, args: &BatchArgs, delay: Duration) -> anyhow::Result<()> {
+fn run_live(
+    cfg: &Config,
+    g: &Guest,
+    args: &BatchArgs,
+    delay: Duration,
+    mut exits: Option<Exits>,
+) -> anyhow::Result<()> {
     let (_guard, mut tty) = term::terminal()?;
     let mut view = StatView::new(g, delay);
     let mut prev: Option<(Counters, Instant)> = None;
@@ -313,7 +432,12 @@ fn run_live(cfg: &Config, g: &Guest, args: &BatchArgs, delay: Duration) -> anyho
     let mut next = Instant::now();
     let first = Duration::from_millis(300).min(delay);
     loop {
-        match term::next_input(next)? {
+        // With --exits the rings are drained every POLL between frames.
+        let wake = match &exits {
+            Some(_) => next.min(Instant::now() + exits::POLL),
+            None => next,
+        };
+        match term::next_input(wake)? {
             Input::Key(k) => {
                 if view.key(k) {
                     return Ok(());
@@ -329,11 +453,17 @@ fn run_live(cfg: &Config, g: &Guest, args: &BatchArgs, delay: Duration) -> anyho
             }
             Input::Timeout => {}
         }
+        if let Some(e) = &mut exits {
+            e.poll();
+        }
+        if Instant::now() < next {
+            continue;
+        }
         let wait = match (counters(cfg, g), prev.take()) {
             (Ok(cur), Some((p, at))) => {
                 let now = Instant::now();
                 let secs = now.duration_since(at).as_secs_f64();
-                view.frame = Some(stat_frame(g, &p, &cur, secs));
+                view.frame = Some(stat_frame(g, &p, &cur, secs, exits.as_mut()));
                 view.error = None;
                 prev = Some((cur, now));
                 frames += 1;
@@ -341,6 +471,10 @@ fn run_live(cfg: &Config, g: &Guest, args: &BatchArgs, delay: Duration) -> anyho
             }
             (Ok(cur), None) => {
                 prev = Some((cur, Instant::now()));
+                // Exits count from the same moment as the counters.
+                if let Some(e) = &mut exits {
+                    let _ = e.section(0.0);
+                }
                 first
             }
             (Err(e), _) => {
@@ -389,6 +523,7 @@ mod tests {
             interval_s: 1.0,
             stats: l,
             notes: vec!["a note".into()],
+            exits: None,
         })
         .lines()
         .any(|l| l.starts_with("exits ") && l.ends_with("  debugfs")));
@@ -403,6 +538,7 @@ mod tests {
             interval_s: 0.5,
             stats,
             notes,
+            exits: None,
         }
     }
 

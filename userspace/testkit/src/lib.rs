@@ -36,6 +36,9 @@ pub enum Facility {
     /// A temporary directory on a file system with writeback, whose
     /// writes `/proc/<pid>/io` counts (not tmpfs).
     DiskIo,
+    /// The `kvm:kvm_exit` and `kvm:kvm_entry` tracepoints: a kernel with
+    /// event tracing, tracefs, and a KVM that emits them (VMX or SVM).
+    ExitTracepoints,
 }
 
 impl Facility {
@@ -50,6 +53,7 @@ impl Facility {
             Facility::Registry => "registry",
             Facility::Perf => "perf",
             Facility::DiskIo => "disk-io",
+            Facility::ExitTracepoints => "exit-tracepoints",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! when the kernel has it (probed: older kernels say `EINVAL`), otherwise
 //! from the thread: we only open events on known vCPU threads.
 
+pub mod exits;
 pub mod profile;
 pub mod record;
 pub mod ring;
