@@ -319,7 +319,15 @@ fn kvm_stat(kernel: &Kernel) -> PathBuf {
 /// (the host's, installed by `deps`), root, perf sampling, debugfs, and
 /// on the patched kernel the registry.
 fn provided(kernel: &Kernel) -> String {
-    let mut f = vec!["kvm", "tmux", "prometheus", "root", "perf", "debugfs"];
+    let mut f = vec![
+        "kvm",
+        "tmux",
+        "prometheus",
+        "root",
+        "perf",
+        "debugfs",
+        "tun",
+    ];
     if kernel.tree == Tree::Patched {
         f.push("registry");
     }

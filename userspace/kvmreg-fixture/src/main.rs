@@ -16,6 +16,7 @@
 //! `--single-process` all guests share one.
 
 mod code;
+mod net;
 mod symfiles;
 mod vm;
 
@@ -85,6 +86,13 @@ struct Args {
     /// the symbol files of --out describe the code without it).
     #[arg(long, conflicts_with = "out")]
     port_io: bool,
+    /// Network traffic of each VMM process through a tap device it creates
+    /// (`kvt<pid>`, up, no address, gone with the process): KiB a second
+    /// written to the tap (the guest sends), and half as much sent out of
+    /// it and read back (the guest receives). Needs CAP_NET_ADMIN and
+    /// /dev/net/tun.
+    #[arg(long, value_name = "KIB", default_value_t = 0)]
+    net_rate: u32,
     /// Where --disk-rate's files go (default: the temporary directory).
     #[arg(long, value_name = "DIR")]
     disk_dir: Option<PathBuf>,
@@ -106,6 +114,14 @@ fn add_bulk(fds: u32, threads: u32, busy: u32) -> Result<()> {
             .name(format!("worker-{i}"))
             .spawn(move || burn(busy))
             .context("thread for --extra-threads")?;
+    }
+    Ok(())
+}
+
+/// With `--net-rate`: this process' tap device and its traffic.
+fn start_net(args: &Args) -> Result<()> {
+    if args.net_rate > 0 {
+        net::start(args.net_rate)?;
     }
     Ok(())
 }
@@ -255,6 +271,7 @@ fn main() -> Result<()> {
     if args.single_process {
         add_bulk(args.extra_fds, args.extra_threads, args.extra_busy)?;
         start_disk_io(&args)?;
+        start_net(&args)?;
         let mut guests = Vec::new();
         for name in &args.guests {
             guests.push(vm::start(&kvm, name, spec(&args, mem))?);
@@ -304,6 +321,7 @@ fn run_forked(kvm: &kvm_ioctls::Kvm, args: &Args, mem: usize) -> Result<()> {
             let mut w = std::fs::File::from(wr);
             let started = add_bulk(args.extra_fds, args.extra_threads, args.extra_busy)
                 .and_then(|()| start_disk_io(args))
+                .and_then(|()| start_net(args))
                 .and_then(|()| vm::start(kvm, name, spec(args, mem)));
             let msg = match started {
                 Ok(g) => {

@@ -25,6 +25,8 @@ pub struct Config {
     /// Where users' runtime directories are (`/run/user`): a session
     /// libvirt of user U keeps its pid files in `U/libvirt/qemu/run`.
     pub user_run_dir: PathBuf,
+    /// sysfs (`/sys`), for network devices' counters.
+    pub sys_root: PathBuf,
 }
 
 impl Default for Config {
@@ -36,6 +38,7 @@ impl Default for Config {
             use_registry: true,
             libvirt_system_dir: PathBuf::from("/run/libvirt/qemu"),
             user_run_dir: PathBuf::from("/run/user"),
+            sys_root: PathBuf::from("/sys"),
         }
     }
 }
@@ -467,6 +470,7 @@ mod tests {
             use_registry: true,
             libvirt_system_dir: d.path().join("no-libvirt"),
             user_run_dir: d.path().join("no-run-user"),
+            sys_root: d.path().join("no-sys"),
         };
         let r = discover_with(&cfg);
         assert_eq!(r.guests.len(), 1);
@@ -500,6 +504,7 @@ mod tests {
             use_registry: true,
             libvirt_system_dir: d.path().join("no-libvirt"),
             user_run_dir: d.path().join("no-run-user"),
+            sys_root: d.path().join("no-sys"),
         };
         let r = discover_with(&cfg);
         assert_eq!(r.guests.len(), 1);
@@ -540,6 +545,7 @@ mod tests {
             use_registry: true,
             libvirt_system_dir: d.path().join("no-libvirt"),
             user_run_dir: d.path().join("no-run-user"),
+            sys_root: d.path().join("no-sys"),
         }
     }
 
@@ -691,6 +697,7 @@ mod tests {
             use_registry: false,
             libvirt_system_dir: d.path().join("no-libvirt"),
             user_run_dir: d.path().join("no-run-user"),
+            sys_root: d.path().join("no-sys"),
         };
         let r = discover_with(&cfg);
         assert_eq!(r.guests.len(), 1);

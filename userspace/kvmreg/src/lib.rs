@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod discover;
 pub mod kept;
 pub mod model;
+pub mod network;
 pub mod perf;
 pub mod procfs;
 pub mod select;

@@ -28,6 +28,7 @@ use crate::cpu::{CpuSnapshot, SchedStat, ThreadTimes};
 use crate::discover::{self, discover_with, BackendState, Config, Counters};
 use crate::kept::{IoFile, SchedStatFile, StatFile, VcpuStatsError, VcpuStatsFile};
 use crate::model::GuestKey;
+use crate::network::{NetCounters, NetDevice, NetFiles};
 use crate::procfs::{classify, Read, Skip};
 use crate::storage::StorageBytes;
 use crate::watch::{KvmEvent, KvmEventKind, UeventSocket};
@@ -157,6 +158,10 @@ pub struct Tracker {
     /// it no counter file is tried (three failing opens a guest each
     /// refresh) until the next one looks again.
     debugfs_kvm: bool,
+    /// The network devices of each VMM asked about, with their kept-open
+    /// counters: found once from its fd table, again after each full
+    /// discovery (a NIC hot-plugged in between shows from then on).
+    net: FxHashMap<u32, NetState>,
     /// debugfs counters the kernel refused (`EPERM`: lockdown refuses every
     /// cumulative stat, and lockdown is never lifted): not asked again.
     debugfs_refused: BTreeSet<String>,
@@ -230,6 +235,7 @@ impl Tracker {
             io_files: FxHashMap::default(),
             stats_foreign: HashSet::new(),
             debugfs_kvm: true,
+            net: FxHashMap::default(),
             generation: 0,
             kept: 0,
             kept_budget: kept_budget(),
@@ -306,6 +312,7 @@ impl Tracker {
         self.kept = self.stat_files.len()
             + self.sched_files.len()
             + self.io_files.len()
+            + self.net.values().map(NetState::files).sum::<usize>()
             + self
                 .vcpu_stats
                 .values()
@@ -389,6 +396,7 @@ impl Tracker {
         let keys: HashSet<GuestKey> = self.guests.iter().map(Guest::key).collect();
         self.stats_foreign.retain(|k| keys.contains(k));
         self.debugfs_kvm = self.cfg.debugfs_root.join("kvm").is_dir();
+        self.net.clear();
     }
 
     /// Read `/proc/kvm/.list` and merge it into the set.
@@ -613,8 +621,48 @@ impl Tracker {
         )
     }
 
+    /// The network devices process `pid` holds and their counters (the
+    /// host's view: [`NetCounters::guest_view`] turns them round). The
+    /// devices are found from its fd table once (and after each full
+    /// discovery); their statistics files are kept open within the
+    /// budget: six `pread`s a device. Read only for who asks (kvmtop's
+    /// network columns). A device whose counters cannot be read is there
+    /// with the error.
+    pub fn network(&mut self, pid: u32) -> std::io::Result<Vec<NetDevCounters>> {
+        if !self.net.contains_key(&pid) {
+            let devices = crate::network::devices(&self.cfg.proc_root, &self.cfg.sys_root, pid)?;
+            let room = self.kept_budget.saturating_sub(self.kept);
+            let mut state = NetState {
+                used: self.generation,
+                devices: Vec::new(),
+            };
+            for d in devices {
+                let files = NetFiles::open(&self.cfg.sys_root, &d.name).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        format!("{} is not in this network namespace (or is gone)", d.name)
+                    } else {
+                        format!("{}: {e}", d.name)
+                    }
+                });
+                state.devices.push((d, files));
+            }
+            if state.files() > room {
+                // Over the budget: read once, keep nothing open.
+                return Ok(state.read());
+            }
+            self.kept += state.files();
+            self.net.insert(pid, state);
+        }
+        let Some(state) = self.net.get_mut(&pid) else {
+            return Ok(Vec::new());
+        };
+        state.used = self.generation;
+        Ok(state.read())
+    }
+
     fn close_unused_stat_files(&mut self) {
         let keep_from = self.generation.saturating_sub(1);
+        self.net.retain(|_, n| n.used >= keep_from);
         self.stat_files.retain(|_, (_, used)| *used >= keep_from);
         self.sched_files.retain(|_, (_, used)| *used >= keep_from);
         self.io_files.retain(|_, (_, used)| *used >= keep_from);
@@ -853,6 +901,42 @@ impl Tracker {
     }
 }
 
+/// One network device of a VMM and its counters (host view) or why they
+/// could not be read.
+#[derive(Debug, Clone)]
+pub struct NetDevCounters {
+    pub device: NetDevice,
+    pub counters: Result<NetCounters, String>,
+}
+
+/// A VMM's network devices with their open counter files.
+struct NetState {
+    used: u64,
+    devices: Vec<(NetDevice, Result<NetFiles, String>)>,
+}
+
+impl NetState {
+    fn files(&self) -> usize {
+        self.devices
+            .iter()
+            .map(|(_, f)| f.as_ref().map_or(0, NetFiles::len))
+            .sum()
+    }
+
+    fn read(&mut self) -> Vec<NetDevCounters> {
+        self.devices
+            .iter_mut()
+            .map(|(d, f)| NetDevCounters {
+                device: d.clone(),
+                counters: match f {
+                    Ok(f) => f.read().map_err(|e| format!("{}: {e}", d.name)),
+                    Err(e) => Err(e.clone()),
+                },
+            })
+            .collect()
+    }
+}
+
 /// The tracker's budget of kept-open files, lent to one read (a macro, not
 /// a method, so that the map read is borrowed beside it).
 macro_rules! kept_files {
@@ -950,6 +1034,7 @@ mod tests {
             use_registry: true,
             libvirt_system_dir: d.path().join("no-libvirt"),
             user_run_dir: d.path().join("no-run-user"),
+            sys_root: d.path().join("no-sys"),
         }
     }
 

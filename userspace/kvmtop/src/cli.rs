@@ -44,8 +44,10 @@ pub struct Cli {
     /// Columns off by default, comma-separated: steal (vCPU threads
     /// runnable but waiting for a host CPU), other (CPU of the VMM's
     /// threads that are not vCPUs), disk (the VMM's storage reads and
-    /// writes per second). steal and other read two more kept-open files a
-    /// vCPU, disk one a guest. In the live view W, O and D switch them.
+    /// writes per second), net (bytes a second the guest received and sent
+    /// on the tap and macvtap devices its VMM holds). steal and other read
+    /// two more kept-open files a vCPU, disk one a guest, net six a
+    /// network device. In the live view W, O, D and T switch them.
     #[arg(long, value_delimiter = ',', value_name = "COLUMNS")]
     pub columns: Vec<ExtraColumn>,
     /// Symbols for the profile the live view opens on Enter.
@@ -61,6 +63,7 @@ pub enum ExtraColumn {
     Steal,
     Other,
     Disk,
+    Net,
 }
 
 /// Which of the optional columns are shown.
@@ -69,6 +72,7 @@ pub struct Extra {
     pub steal: bool,
     pub other: bool,
     pub disk: bool,
+    pub net: bool,
 }
 
 impl Extra {
@@ -77,6 +81,7 @@ impl Extra {
             steal: cols.contains(&ExtraColumn::Steal),
             other: cols.contains(&ExtraColumn::Other),
             disk: cols.contains(&ExtraColumn::Disk),
+            net: cols.contains(&ExtraColumn::Net),
         }
     }
 
@@ -101,6 +106,9 @@ pub struct Roots {
     /// Users' runtime directories (session libvirt pid files).
     #[arg(long, global = true, hide = true, default_value = "/run/user")]
     pub user_run_dir: PathBuf,
+    /// sysfs (network devices' counters).
+    #[arg(long, global = true, hide = true, default_value = "/sys")]
+    pub sys_root: PathBuf,
     /// Ignore the kernel's VM registry (/proc/kvm) and use the fallbacks of
     /// unpatched kernels (fd scan, debugfs), e.g. to compare the two.
     #[arg(long, global = true)]

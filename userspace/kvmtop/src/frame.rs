@@ -46,6 +46,9 @@ pub struct Reading {
     /// Each VMM's storage I/O, by pid: read only for the disk columns
     /// ([`Reader::storage`]).
     pub storage: FxHashMap<u32, kvmreg::storage::StorageBytes>,
+    /// Each VMM's network devices and counters, by pid: read only for the
+    /// net columns ([`Reader::network`]).
+    pub network: FxHashMap<u32, Vec<kvmreg::track::NetDevCounters>>,
 }
 
 /// What a frame reads of one vCPU thread for the STEAL and OTHER columns.
@@ -65,6 +68,9 @@ pub struct Reader {
     pub threads: bool,
     /// Read each VMM's `io` too (one kept file a guest): the disk columns.
     pub storage: bool,
+    /// Read each VMM's network devices' counters too (six kept files a
+    /// device): the net columns.
+    pub network: bool,
 }
 
 impl Reader {
@@ -75,6 +81,7 @@ impl Reader {
             tracker: Tracker::new(cfg.clone()),
             threads: false,
             storage: false,
+            network: false,
         }
     }
 
@@ -83,6 +90,7 @@ impl Reader {
     pub fn columns(&mut self, extra: Extra) {
         self.threads = extra.threads();
         self.storage = extra.disk;
+        self.network = extra.net;
     }
 
     /// Read everything once (see [`read`]).
@@ -97,6 +105,14 @@ impl Reader {
                 let pid = of_pid[0].pid;
                 if let Ok(b) = self.tracker.storage(pid) {
                     r.storage.insert(pid, b);
+                }
+            }
+        }
+        if self.network {
+            for of_pid in r.guests.chunk_by(|a, b| a.pid == b.pid) {
+                let pid = of_pid[0].pid;
+                if let Ok(n) = self.tracker.network(pid) {
+                    r.network.insert(pid, n);
                 }
             }
         }
@@ -176,6 +192,7 @@ pub fn read(t: &mut Tracker) -> Reading {
         host: None,
         threads: FxHashMap::default(),
         storage: FxHashMap::default(),
+        network: FxHashMap::default(),
     }
 }
 
@@ -249,6 +266,17 @@ pub struct Row {
     pub disk_read_bps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_write_bps: Option<f64>,
+    /// Network traffic of the tap and macvtap devices the VMM holds, from
+    /// the guest's side: bytes a second it received and sent (the devices'
+    /// transmit and receive counters). `null` unless read (`--columns
+    /// net`), the process runs this VM alone and holds such a device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net_rx_bps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net_tx_bps: Option<f64>,
+    /// The same per device, with packets and drops a second.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub net_devices: Vec<NetRate>,
     pub exits_per_s: Option<f64>,
     /// Successful / attempted halt polls over the interval.
     pub halt_poll_ratio: Option<f64>,
@@ -401,6 +429,19 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         )),
         _ => None,
     };
+    let net_devices = if shared || secs <= 0.0 {
+        Vec::new()
+    } else {
+        net_rates(prev.network.get(&g.pid), cur.network.get(&g.pid), secs)
+    };
+    let net_sum = |f: fn(&NetRate) -> Option<f64>| -> Option<f64> {
+        net_devices.iter().map(f).try_fold(0.0, |a, v| Some(a + v?))
+    };
+    let (net_rx_bps, net_tx_bps) = if net_devices.is_empty() {
+        (None, None)
+    } else {
+        (net_sum(|d| d.rx_bps), net_sum(|d| d.tx_bps))
+    };
     let k = g.key();
     let counters = cur.counters.get(&k);
     let pair = match (prev.counters.get(&k), counters) {
@@ -423,6 +464,9 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
         other_pct,
         disk_read_bps: disk.map(|d| d.0),
         disk_write_bps: disk.map(|d| d.1),
+        net_rx_bps,
+        net_tx_bps,
+        net_devices,
         exits_per_s: pair.and_then(|(a, b)| counter_rate(a, b, EXITS, secs)),
         halt_poll_ratio: pair.and_then(|(a, b)| halt_poll_ratio(a, b)),
         memory_bytes,
@@ -455,6 +499,59 @@ pub fn row(prev: &Reading, cur: &Reading, g: &Arc<Guest>, shared: bool) -> Row {
 /// STEAL (the guest's, and each vCPU's) and OTHER between two readings
 /// that read the vCPU threads ([`Reader::threads`]); nothing when they
 /// did not.
+/// One network device's traffic over an interval, from the guest's side.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NetRate {
+    pub device: String,
+    /// `tap` or `macvtap`.
+    pub kind: kvmreg::network::NetKind,
+    /// Bytes and packets a second the guest received and sent, and packets
+    /// dropped a second on the way in and out; `null` when the counters
+    /// could not be read (then `error` says why).
+    pub rx_bps: Option<f64>,
+    pub tx_bps: Option<f64>,
+    pub rx_pps: Option<f64>,
+    pub tx_pps: Option<f64>,
+    pub dropped_ps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The rates of each device in `cur`, against the same device in `prev`.
+fn net_rates(
+    prev: Option<&Vec<kvmreg::track::NetDevCounters>>,
+    cur: Option<&Vec<kvmreg::track::NetDevCounters>>,
+    secs: f64,
+) -> Vec<NetRate> {
+    let Some(cur) = cur else {
+        return Vec::new();
+    };
+    cur.iter()
+        .map(|d| {
+            let before = prev
+                .and_then(|p| p.iter().find(|e| e.device == d.device))
+                .and_then(|e| e.counters.as_ref().ok());
+            let pair = match (before, &d.counters) {
+                (Some(a), Ok(b)) => Some((a.guest_view(), b.guest_view())),
+                _ => None,
+            };
+            let rate = |f: fn(&kvmreg::network::NetCounters) -> u64| {
+                pair.map(|(a, b)| f(&b).saturating_sub(f(&a)) as f64 / secs)
+            };
+            NetRate {
+                device: d.device.name.clone(),
+                kind: d.device.kind,
+                rx_bps: rate(|c| c.rx_bytes),
+                tx_bps: rate(|c| c.tx_bytes),
+                rx_pps: rate(|c| c.rx_packets),
+                tx_pps: rate(|c| c.tx_packets),
+                dropped_ps: rate(|c| c.rx_dropped.wrapping_add(c.tx_dropped)),
+                error: d.counters.as_ref().err().cloned(),
+            }
+        })
+        .collect()
+}
+
 fn thread_figures(
     prev: &Reading,
     cur: &Reading,

@@ -32,6 +32,7 @@ fn config(c: &Cli) -> kvmreg::Config {
         use_registry: !c.roots.no_registry,
         libvirt_system_dir: c.roots.libvirt_dir.clone(),
         user_run_dir: c.roots.user_run_dir.clone(),
+        sys_root: c.roots.sys_root.clone(),
     }
 }
 

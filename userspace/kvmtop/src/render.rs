@@ -196,6 +196,9 @@ pub fn columns(extra: Extra) -> String {
     if extra.disk {
         s.push_str(&format!(" {:>7} {:>7}", "RD/s", "WR/s"));
     }
+    if extra.net {
+        s.push_str(&format!(" {:>7} {:>7}", "NETRX/s", "NETTX/s"));
+    }
     s.push_str(&format!(
         " {:>9} {:>5} {:>7} {}",
         "EXITS/s", "HPOLL", "MEMORY", "COMMAND"
@@ -262,8 +265,13 @@ pub fn row_into(out: &mut String, r: &Row, extra: Extra) {
     if extra.other {
         pct_cell(out, r.other_pct, 6);
     }
-    if extra.disk {
-        for v in [r.disk_read_bps, r.disk_write_bps] {
+    let disk = [r.disk_read_bps, r.disk_write_bps];
+    let net = [r.net_rx_bps, r.net_tx_bps];
+    for (on, pair) in [(extra.disk, disk), (extra.net, net)] {
+        if !on {
+            continue;
+        }
+        for v in pair {
             out.push(' ');
             let at = out.len();
             bytes_into(out, v.map(|b| b.round() as u64));
@@ -387,6 +395,9 @@ mod tests {
             other_pct: None,
             disk_read_bps: Some(1536.0),
             disk_write_bps: None,
+            net_rx_bps: Some(2048.0),
+            net_tx_bps: Some(0.0),
+            net_devices: Vec::new(),
             exits_per_s: None,
             halt_poll_ratio: Some(0.5),
             memory_bytes: Some(1 << 30),
@@ -410,15 +421,16 @@ mod tests {
             steal: true,
             other: true,
             disk: true,
+            net: true,
         };
         let (l2, c2) = (row(&r, all), columns(all));
         assert_eq!(fixed(&l2), fixed(&c2), "{l2}\n{c2}");
         assert!(
-            c2.contains(" %USER %STEAL %OTHER    RD/s    WR/s   EXITS/s "),
+            c2.contains(" %USER %STEAL %OTHER    RD/s    WR/s NETRX/s NETTX/s   EXITS/s "),
             "{c2}"
         );
         assert!(
-            l2.contains("   5.0   12.5      -    1.5K       -         - "),
+            l2.contains("   5.0   12.5      -    1.5K       -      2K      0B         - "),
             "{l2}"
         );
         assert!(line.starts_with("a-very-long-guest-n+ "), "{line}");

@@ -53,6 +53,16 @@ struct VcpuLabels {
     vcpu: u32,
 }
 
+/// `kvmtop_guest_network_bytes`' labels: the guest's, the device, and
+/// the direction (`rx`, `tx`) from the guest's side.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetLabels {
+    #[prometheus(flatten)]
+    guest: GuestLabels,
+    device: String,
+    direction: &'static str,
+}
+
 /// `kvmtop_guest_info`'s labels: the guest's, and where it was found.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabels {
@@ -250,6 +260,30 @@ fn register_optional_families(
         "Storage writes of the guest's VMM (write_bytes less cancelled_write_bytes), for a VMM running one VM",
         written,
     );
+    let net = Family::<NetLabels, Counter>::default();
+    for g in &r.guests {
+        let alone = vms_of.get(&g.pid).is_some_and(|&n| n == 1);
+        let Some(devs) = r.network.get(&g.pid).filter(|_| alone) else {
+            continue;
+        };
+        for d in devs {
+            let Ok(c) = &d.counters else { continue };
+            let c = c.guest_view();
+            for (direction, bytes) in [("rx", c.rx_bytes), ("tx", c.tx_bytes)] {
+                net.get_or_create(&NetLabels {
+                    guest: labels(g),
+                    device: d.device.name.clone(),
+                    direction,
+                })
+                .inc_by(bytes);
+            }
+        }
+    }
+    reg.register(
+        "guest_network_bytes",
+        "Bytes the guest received (direction rx) and sent (tx) on each tap or macvtap device its VMM holds, for a VMM running one VM",
+        net,
+    );
     reg.register(
         "guest_vcpu_cpu_seconds",
         "CPU time of each vCPU thread (guest_cpu_seconds beyond their sum is the VMM's other threads')",
@@ -434,6 +468,7 @@ pub fn run(
                     steal: true,
                     other: true,
                     disk: true,
+                    net: true,
                 });
                 r
             }),
@@ -480,6 +515,7 @@ mod tests {
             host: None,
             threads: Default::default(),
             storage: Default::default(),
+            network: Default::default(),
         };
         let t = exposition(&r);
         // The label value is escaped by the encoder.
@@ -556,6 +592,7 @@ mod tests {
             host: None,
             threads,
             storage: Default::default(),
+            network: Default::default(),
         };
         let t = exposition(&r);
         let l = "name=\"web\",id=\"\",pid=\"42\"";

@@ -112,8 +112,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("P N I X M", "sort by %CPU, name, pid, exits/s, memory"),
     ("r", "reverse the sort"),
     (
-        "W O D",
-        "show or hide %STEAL (vCPUs waiting for a host CPU), %OTHER (non-vCPU threads' CPU), RD/s WR/s (disk)",
+        "W O D T",
+        "show or hide %STEAL (vCPUs waiting for a host CPU), %OTHER (non-vCPU threads' CPU), RD/s WR/s (disk), NETRX/s NETTX/s (tap traffic)",
     ),
     ("/", "filter by name, pid or id (Enter ends input)"),
     ("Ctrl-Z", "suspend (the shell's fg resumes)"),
@@ -270,6 +270,7 @@ impl App {
             KeyCode::Char('W') => self.extra.steal = !self.extra.steal,
             KeyCode::Char('O') => self.extra.other = !self.extra.other,
             KeyCode::Char('D') => self.extra.disk = !self.extra.disk,
+            KeyCode::Char('T') => self.extra.net = !self.extra.net,
             KeyCode::Char('/') => {
                 self.editing_filter = true;
                 self.filter.clear();
@@ -549,6 +550,9 @@ mod tests {
             other_pct: None,
             disk_read_bps: None,
             disk_write_bps: None,
+            net_rx_bps: None,
+            net_tx_bps: None,
+            net_devices: Vec::new(),
             exits_per_s: None,
             halt_poll_ratio: None,
             memory_bytes: Some(64 << 20),

@@ -582,3 +582,64 @@ fn disk_columns_show_the_vmm_storage_io() {
         );
     }
 }
+
+#[test]
+fn network_columns_show_the_tap_traffic_both_ways() {
+    let test = "network_columns_show_the_tap_traffic_both_ways";
+    if !kvm_usable(test) || !kvmreg_testkit::root(test, "creating a tap device") {
+        return;
+    }
+    if let Err(e) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+    {
+        kvmreg_testkit::skip(
+            kvmreg_testkit::Facility::Tun,
+            test,
+            format_args!("/dev/net/tun not usable ({e}): the network columns were NOT tested"),
+        );
+        return;
+    }
+    // The guest sends 64 KiB a second through the tap kvt<pid> and
+    // receives 32; a neighbour has no tap.
+    let fx = Fixture::start_with(&["neta"], 10, &["--net-rate", "64"]);
+    let quiet = Fixture::start(&["netb"], 10);
+    let pid = fx.lines[0].pid;
+    let o = run(&["-b", "-n", "3", "-d", "1", "--json", "--columns", "net"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = frames(&o.stdout);
+    // The first frame has no rates (one reading); average the other two.
+    let mut sum = [0.0; 2];
+    for fr in &f[1..] {
+        let r = row(fr, pid).unwrap_or_else(|| panic!("pid {pid} missing: {fr:#}"));
+        println!("{}", r["net_devices"]);
+        let d = &r["net_devices"][0];
+        assert_eq!(d["device"], format!("kvt{pid}"), "{r:#}");
+        assert_eq!(d["kind"], "tap", "{r:#}");
+        assert_eq!(r["net_devices"].as_array().map(Vec::len), Some(1), "{r:#}");
+        for (i, k) in ["net_rx_bps", "net_tx_bps"].iter().enumerate() {
+            sum[i] += r[k].as_f64().unwrap_or_else(|| panic!("no {k}: {r:#}"));
+        }
+        // What the guest sent is the fixture's 1024-byte frames alone
+        // (what it received may include the host's own packets, such as
+        // IPv6 neighbour discovery on a new link).
+        let pps = d["tx_pps"].as_f64().expect("tx_pps");
+        let bps = d["tx_bps"].as_f64().expect("tx_bps");
+        assert!((bps - 1024.0 * pps).abs() < 1.0, "{d:#}");
+        let other = row(fr, quiet.lines[0].pid).expect("the neighbour");
+        assert_eq!(other.get("net_devices"), None, "{other:#}");
+        assert_eq!(other.get("net_rx_bps"), None, "{other:#}");
+    }
+    for ((k, v), want) in ["received", "sent"].iter().zip(sum).zip([32768.0, 65536.0]) {
+        let v = v / 2.0;
+        assert!(
+            (0.8 * want..=1.2 * want).contains(&v),
+            "the guest {k} {v} B/s, not {want}"
+        );
+    }
+    // The text columns.
+    let o = run(&["-b", "-n", "1", "-d", "0.5", "--columns", "net"]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(t.contains(" NETRX/s NETTX/s "), "{t}");
+}

@@ -36,6 +36,8 @@ pub enum Facility {
     /// A temporary directory on a file system with writeback, whose
     /// writes `/proc/<pid>/io` counts (not tmpfs).
     DiskIo,
+    /// A usable `/dev/net/tun` (and root, to create tap devices).
+    Tun,
     /// The `kvm:kvm_exit` and `kvm:kvm_entry` tracepoints: a kernel with
     /// event tracing, tracefs, and a KVM that emits them (VMX or SVM).
     ExitTracepoints,
@@ -54,6 +56,7 @@ impl Facility {
             Facility::Perf => "perf",
             Facility::DiskIo => "disk-io",
             Facility::ExitTracepoints => "exit-tracepoints",
+            Facility::Tun => "tun",
         }
     }
 }

@@ -1,0 +1,250 @@
+//! A VMM's network devices and their traffic, without asking the VMM or
+//! libvirt: the tap devices it holds (each `/dev/net/tun` fd's fdinfo
+//! names its interface on an `iff:` line) and the macvtap devices it has
+//! open (`/dev/tap<ifindex>`), counted by the kernel in
+//! `/sys/class/net/<dev>/statistics`.
+//!
+//! The counters are the host's view of the device: what the host
+//! *received* on a tap is what the guest *sent*. [`NetCounters::guest_view`]
+//! turns them round, as virt-top and libvirt's `domifstat` show them.
+//!
+//! Limits: sysfs shows the reader's network namespace, so the devices of a
+//! VMM in another one are not found (and said so); vhost-net moves the
+//! packets in the kernel but the tap's counters still count them; a
+//! VMM that passes its tap fds to a helper process has them counted with
+//! that process.
+
+use crate::kept::KeptFile;
+use crate::procfs::ProcRoot;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// How a VMM reaches a network device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum NetKind {
+    /// A tun/tap device (`/dev/net/tun`).
+    Tap,
+    /// A macvtap device (`/dev/tap<ifindex>`).
+    Macvtap,
+}
+
+/// One network device a VMM holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetDevice {
+    pub name: String,
+    pub kind: NetKind,
+}
+
+/// A device's counters, as the host's side of it counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_dropped: u64,
+}
+
+impl NetCounters {
+    /// The same counters from the guest's side: its receive is the
+    /// device's transmit.
+    pub fn guest_view(self) -> NetCounters {
+        NetCounters {
+            rx_bytes: self.tx_bytes,
+            rx_packets: self.tx_packets,
+            rx_dropped: self.tx_dropped,
+            tx_bytes: self.rx_bytes,
+            tx_packets: self.rx_packets,
+            tx_dropped: self.rx_dropped,
+        }
+    }
+}
+
+/// The statistics files read, in [`NetCounters`]' field order.
+const FILES: [&str; 6] = [
+    "rx_bytes",
+    "rx_packets",
+    "rx_dropped",
+    "tx_bytes",
+    "tx_packets",
+    "tx_dropped",
+];
+
+/// The interface name on the `iff:` line of a tun fd's fdinfo (absent
+/// while the fd is not attached to a device).
+pub fn tun_iff(fdinfo: &str) -> Option<&str> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("iff:"))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+}
+
+/// `/dev/tap<N>` -> N, the macvtap device's ifindex.
+pub fn macvtap_ifindex(link: &Path) -> Option<u32> {
+    link.to_str()?.strip_prefix("/dev/tap")?.parse().ok()
+}
+
+/// The network devices process `pid` holds, from its fd table (one
+/// `readlink` per fd, an fdinfo read per tun fd); sorted, each once.
+/// Needs ptrace-read rights over the process.
+pub fn devices(proc_root: &ProcRoot, sys_root: &Path, pid: u32) -> io::Result<Vec<NetDevice>> {
+    let fd_dir = proc_root.join(format!("{pid}/fd"));
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&fd_dir)? {
+        let Ok(e) = e else { continue };
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if link == Path::new("/dev/net/tun") {
+            let info = proc_root.join(format!("{pid}/fdinfo/{}", e.file_name().to_string_lossy()));
+            if let Some(n) = std::fs::read_to_string(info)
+                .ok()
+                .as_deref()
+                .and_then(tun_iff)
+            {
+                out.push(NetDevice {
+                    name: n.to_string(),
+                    kind: NetKind::Tap,
+                });
+            }
+        } else if let Some(ifindex) = macvtap_ifindex(&link) {
+            if let Some(name) = name_of_ifindex(sys_root, ifindex) {
+                out.push(NetDevice {
+                    name,
+                    kind: NetKind::Macvtap,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    // A multiqueue tap has one fd per queue.
+    out.dedup();
+    Ok(out)
+}
+
+/// The interface with index `ifindex` in this network namespace.
+fn name_of_ifindex(sys_root: &Path, ifindex: u32) -> Option<String> {
+    std::fs::read_dir(sys_root.join("class/net"))
+        .ok()?
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("ifindex"))
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+                == Some(ifindex)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// A device's statistics files, kept open: six `pread`s a read.
+#[derive(Debug)]
+pub struct NetFiles {
+    files: Vec<KeptFile>,
+}
+
+impl NetFiles {
+    /// Open the counters of `dev` under `<sys_root>/class/net`; a device
+    /// not in this network namespace (or gone) is `NotFound`.
+    pub fn open(sys_root: &Path, dev: &str) -> io::Result<NetFiles> {
+        let dir: PathBuf = sys_root.join("class/net").join(dev).join("statistics");
+        let files = FILES
+            .iter()
+            .map(|f| KeptFile::open(&dir.join(f), 32))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(NetFiles { files })
+    }
+
+    /// The counters now; an unparsable file is `InvalidData`.
+    pub fn read(&mut self) -> io::Result<NetCounters> {
+        let mut v = [0u64; 6];
+        for (slot, f) in v.iter_mut().zip(&mut self.files) {
+            let bytes = f.read()?;
+            *slot = std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: not a counter", f.path().display()),
+                    )
+                })?;
+        }
+        Ok(NetCounters {
+            rx_bytes: v[0],
+            rx_packets: v[1],
+            rx_dropped: v[2],
+            tx_bytes: v[3],
+            tx_packets: v[4],
+            tx_dropped: v[5],
+        })
+    }
+
+    /// How many files this keeps open.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tun_fdinfo_and_macvtap_links() {
+        let info = "pos:\t0\nflags:\t02\nmnt_id:\t26\nino:\t1047\niff:\ttap-web\n";
+        assert_eq!(tun_iff(info), Some("tap-web"));
+        assert_eq!(tun_iff("pos:\t0\niff:\t\n"), None);
+        assert_eq!(tun_iff("pos:\t0\n"), None);
+        assert_eq!(macvtap_ifindex(Path::new("/dev/tap12")), Some(12));
+        assert_eq!(macvtap_ifindex(Path::new("/dev/tapx")), None);
+        assert_eq!(macvtap_ifindex(Path::new("/dev/net/tun")), None);
+    }
+
+    #[test]
+    fn guest_view_turns_the_counters_round() {
+        let host = NetCounters {
+            rx_bytes: 1,
+            rx_packets: 2,
+            rx_dropped: 3,
+            tx_bytes: 4,
+            tx_packets: 5,
+            tx_dropped: 6,
+        };
+        let g = host.guest_view();
+        assert_eq!((g.rx_bytes, g.tx_bytes, g.tx_dropped), (4, 1, 3));
+        assert_eq!(g.guest_view(), host);
+    }
+
+    #[test]
+    fn counters_from_a_fake_sysfs() {
+        let d = std::env::temp_dir().join(format!("kvmreg-net-{}", std::process::id()));
+        let st = d.join("class/net/tap0/statistics");
+        std::fs::create_dir_all(&st).unwrap();
+        for (i, f) in FILES.iter().enumerate() {
+            std::fs::write(st.join(f), format!("{}\n", 10 + i)).unwrap();
+        }
+        let mut n = NetFiles::open(&d, "tap0").unwrap();
+        assert_eq!(n.len(), 6);
+        let c = n.read().unwrap();
+        assert_eq!((c.rx_bytes, c.tx_dropped), (10, 15));
+        std::fs::write(st.join("tx_bytes"), "garbage").unwrap();
+        assert_eq!(n.read().unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            NetFiles::open(&d, "nope").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        std::fs::create_dir_all(d.join("class/net/mvt/")).unwrap();
+        std::fs::write(d.join("class/net/mvt/ifindex"), "7\n").unwrap();
+        assert_eq!(name_of_ifindex(&d, 7).as_deref(), Some("mvt"));
+        assert_eq!(name_of_ifindex(&d, 8), None);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
