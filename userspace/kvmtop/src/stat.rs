@@ -596,6 +596,36 @@ mod tests {
     }
 
     #[test]
+    fn live_view_shows_exit_reasons_under_the_counters() {
+        let mut v = view();
+        let mut fr = frame(vec![line("io_exits", 90, 90.0)], vec![]);
+        fr.exits = Some(ExitSection {
+            isa: Some("svm"),
+            threads: vec![43],
+            reasons: vec![crate::exits::ExitLine {
+                reason: "io".into(),
+                exits: 45,
+                per_s: 90.0,
+                avg_handling_us: Some(1143.1),
+                handling_pct: 10.3,
+            }],
+            lost: 2,
+            note: None,
+        });
+        v.frame = Some(fr);
+        let s = screen(&v, 80, 14);
+        let at = s
+            .iter()
+            .position(|l| l.starts_with("EXIT REASON (svm)"))
+            .unwrap_or_else(|| panic!("{s:#?}"));
+        let cells: Vec<&str> = s[at + 1].split_whitespace().collect();
+        assert_eq!(cells, ["io", "45", "90.0", "1143.1us", "10.3"], "{s:#?}");
+        assert!(s[at + 2].starts_with("2 records lost"), "{s:#?}");
+        // The counters stay above it.
+        assert!(s[..at].iter().any(|l| l.starts_with("io_exits")), "{s:#?}");
+    }
+
+    #[test]
     fn live_view_says_why_there_are_no_counters_and_keeps_trying() {
         let mut v = view();
         assert!(screen(&v, 60, 6)[2].contains("reading the counters"));
