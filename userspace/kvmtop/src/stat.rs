@@ -139,7 +139,7 @@ fn stat_frame(
 }
 
 /// Start tracing the exits of `g` (`--exits`), or say why it cannot be.
-fn trace_exits(g: &Guest) -> anyhow::Result<Exits> {
+pub fn trace_exits(g: &Guest) -> anyhow::Result<Exits> {
     kvmreg::perf::exits::trace_guest(g)
         .map(Exits::new)
         .map_err(|e| {

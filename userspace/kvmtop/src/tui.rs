@@ -57,6 +57,15 @@ pub enum Action {
     Quit,
     OpenProfile(Box<Guest>),
     CloseProfile,
+    OpenExits(Box<Guest>),
+    CloseExits,
+}
+
+/// The exit reasons screen's state (`x`).
+pub struct ExitsScreen {
+    pub label: String,
+    pub section: Option<crate::exits::ExitSection>,
+    pub error: Option<String>,
 }
 
 /// The profile screen's state.
@@ -84,6 +93,7 @@ pub struct App {
     scroll: Cell<usize>,
     page: Cell<usize>,
     pub profile: Option<ProfileScreen>,
+    pub exits: Option<ExitsScreen>,
     /// The optional columns shown (`--columns`, W, O and D): kept for the
     /// whole run, whichever view is open.
     pub extra: Extra,
@@ -98,7 +108,7 @@ impl Default for App {
 /// The keys of the overview: its help box and the man page's KEYS
 /// section are made from this one list.
 pub const KEYS: &[(&str, &str)] = &[
-    ("q", "quit (in a profile: back to the overview)"),
+    ("q", "quit (in a profile or the exits screen: back to the overview)"),
     ("? h", "this help (any key closes it)"),
     (
         "Up Down",
@@ -107,6 +117,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("PgUp PgDn", "a page up or down"),
     ("Home End", "the first or the last guest"),
     ("Enter", "profile the selected guest"),
+    (
+        "x",
+        "the selected guest's exits per reason (kvm_exit tracepoints; root, tracefs)",
+    ),
     ("Esc", "back / clear the filter"),
     ("s", "next sort column"),
     ("P N I X M", "sort by %CPU, name, pid, exits/s, memory"),
@@ -139,6 +153,7 @@ impl App {
             scroll: Cell::new(0),
             page: Cell::new(1),
             profile: None,
+            exits: None,
             extra: Extra::default(),
         }
     }
@@ -244,6 +259,19 @@ impl App {
             self.follow_selection();
             return Action::None;
         }
+        if self.exits.is_some() {
+            return match k.code {
+                KeyCode::Char('q') | KeyCode::Esc | KeyCode::Backspace => {
+                    self.exits = None;
+                    Action::CloseExits
+                }
+                KeyCode::Char('?') | KeyCode::Char('h') => {
+                    self.help = true;
+                    Action::None
+                }
+                _ => Action::None,
+            };
+        }
         if self.profile.is_some() {
             return match k.code {
                 KeyCode::Char('q') | KeyCode::Esc | KeyCode::Backspace => {
@@ -291,6 +319,17 @@ impl App {
                         error: None,
                     });
                     return Action::OpenProfile(Box::new(Guest::clone(&g)));
+                }
+            }
+            KeyCode::Char('x') => {
+                if let Some(r) = self.rows().get(self.selected) {
+                    let g = r.guest.clone();
+                    self.exits = Some(ExitsScreen {
+                        label: r.label(),
+                        section: None,
+                        error: None,
+                    });
+                    return Action::OpenExits(Box::new(Guest::clone(&g)));
                 }
             }
             _ => {}
@@ -370,12 +409,32 @@ fn profile_lines(p: &ProfileScreen) -> Vec<Line<'static>> {
     v
 }
 
+fn exits_lines(e: &ExitsScreen) -> Vec<Line<'static>> {
+    let mut v = vec![Line::from(format!(
+        "kvmtop exits - guest {}   q back",
+        e.label
+    ))];
+    if let Some(err) = &e.error {
+        v.push(Line::from(err.clone()));
+    } else if let Some(s) = &e.section {
+        v.extend(
+            crate::exits::text(s)
+                .lines()
+                .map(|l| Line::from(l.to_string())),
+        );
+    } else {
+        v.push(Line::from("tracing its exits..."));
+    }
+    v
+}
+
 /// Draw the whole screen.
 pub fn draw(f: &mut ratatui::Frame, app: &App) {
     let area = f.area();
-    let lines = match &app.profile {
-        Some(p) => profile_lines(p),
-        None => overview_lines(app, usize::from(area.height)),
+    let lines = match (&app.exits, &app.profile) {
+        (Some(e), _) => exits_lines(e),
+        (None, Some(p)) => profile_lines(p),
+        (None, None) => overview_lines(app, usize::from(area.height)),
     };
     f.render_widget(Paragraph::new(lines), area);
     if app.help {
@@ -435,6 +494,8 @@ pub fn run(
     let mut prev = reader.read();
     sampler.follow(&prev.guests);
     let mut profiler: Option<Profiler> = None;
+    // The exits screen's tracer, and when its interval began.
+    let mut tracer: Option<(crate::exits::Exits, Instant)> = None;
     // Only for the test that a panic in the live view gives the terminal
     // back with its message readable (tests/tmux.rs, which runs the debug
     // build): a release build never panics on purpose.
@@ -444,7 +505,12 @@ pub fn run(
     let mut frames = 0u64;
     let mut next = Instant::now() + Duration::from_millis(300).min(delay);
     loop {
-        match keys_until(&mut app, &mut term, next)? {
+        // With the exits screen open its rings are drained every POLL.
+        let wake = match &tracer {
+            Some(_) => next.min(Instant::now() + crate::exits::POLL),
+            None => next,
+        };
+        match keys_until(&mut app, &mut term, wake)? {
             Action::Quit => return Ok(()),
             Action::OpenProfile(g) => {
                 profiler = start_profile(&mut app, &g, syms);
@@ -456,7 +522,30 @@ pub fn run(
                 term.draw(|f| draw(f, &app))?;
                 continue;
             }
+            Action::OpenExits(g) => {
+                match crate::stat::trace_exits(&g) {
+                    Ok(e) => tracer = Some((e, Instant::now())),
+                    Err(e) => {
+                        if let Some(s) = &mut app.exits {
+                            s.error = Some(format!("{e:#}"));
+                        }
+                    }
+                }
+                term.draw(|f| draw(f, &app))?;
+                continue;
+            }
+            Action::CloseExits => {
+                tracer = None;
+                term.draw(|f| draw(f, &app))?;
+                continue;
+            }
             Action::None => {}
+        }
+        if let Some((e, _)) = &mut tracer {
+            e.poll();
+        }
+        if Instant::now() < next {
+            continue;
         }
         // A column switched on shows from the frame after next (a rate
         // needs two readings).
@@ -472,6 +561,11 @@ pub fn run(
         app.set_frame(frame::frame(&prev, &cur, s));
         if let (Some(p), Some(screen)) = (&mut profiler, &mut app.profile) {
             screen.frame = Some(p.take(40));
+        }
+        if let (Some((e, since)), Some(screen)) = (&mut tracer, &mut app.exits) {
+            let now = Instant::now();
+            screen.section = Some(e.section(now.duration_since(*since).as_secs_f64()));
+            *since = now;
         }
         if profiler.is_none() {
             sampler.follow(&cur.guests);
@@ -662,6 +756,38 @@ mod tests {
         assert_eq!(s[0], "kvmtop profile - guest db");
         assert_eq!(s[2], "cannot profile: no vCPU threads");
         assert_eq!(press(&mut app, KeyCode::Char('q')), Action::CloseProfile);
+        assert!(screen(&app, 80, 8)[0].starts_with("kvmtop - "));
+    }
+
+    #[test]
+    fn x_opens_the_selected_guests_exit_reasons_and_q_returns() {
+        let mut app = App::new();
+        app.set_frame(frame_of(vec![row("db", 201, 20.0), row("web", 202, 80.0)]));
+        match press(&mut app, KeyCode::Char('x')) {
+            Action::OpenExits(g) => assert_eq!(g.pid, 202),
+            a => panic!("{a:?}"),
+        }
+        assert_eq!(screen(&app, 80, 8)[1], "tracing its exits...");
+        app.exits.as_mut().unwrap().section = Some(crate::exits::ExitSection {
+            isa: Some("vmx"),
+            threads: vec![5],
+            reasons: vec![crate::exits::ExitLine {
+                reason: "HLT".into(),
+                exits: 10,
+                per_s: 10.0,
+                avg_handling_us: Some(900.0),
+                handling_pct: 0.9,
+            }],
+            lost: 0,
+            note: None,
+        });
+        let s = screen(&app, 80, 8);
+        assert_eq!(s[0], "kvmtop exits - guest web   q back");
+        assert!(s[2].starts_with("EXIT REASON (vmx)"), "{s:#?}");
+        assert!(s[3].starts_with("HLT "), "{s:#?}");
+        // Keys of the overview do nothing here; q goes back.
+        assert_eq!(press(&mut app, KeyCode::Char('N')), Action::None);
+        assert_eq!(press(&mut app, KeyCode::Char('q')), Action::CloseExits);
         assert!(screen(&app, 80, 8)[0].starts_with("kvmtop - "));
     }
 
