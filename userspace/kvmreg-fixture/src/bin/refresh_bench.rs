@@ -86,6 +86,11 @@ struct Args {
     /// same, so this measures what the columns cost against the goal.
     #[arg(long, value_name = "COLUMNS")]
     kvmtop_columns: Option<String>,
+    /// Give each guest's VMM a tap device with this much traffic, KiB a
+    /// second (`kvmreg-fixture --net-rate`; root), so that the network
+    /// columns have devices to read.
+    #[arg(long, value_name = "KIB", default_value_t = 0)]
+    net_rate: u32,
     /// Where kvmtop, kvmreg-fixture and kvmreg-refresh-floor are (default:
     /// beside this program).
     #[arg(long)]
@@ -123,6 +128,7 @@ fn start_fixture(
         .arg(format!("--extra-fds={}", args.extra_fds))
         .arg(format!("--extra-threads={}", args.extra_threads))
         .arg(format!("--mem-kib={}", args.mem_kib))
+        .arg(format!("--net-rate={}", args.net_rate))
         .arg("--out")
         .arg(dir)
         .stdout(Stdio::piped())
