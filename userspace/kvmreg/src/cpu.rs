@@ -20,14 +20,20 @@ pub struct StatError(pub &'static str);
 /// says that a refresh shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ThreadTimes {
+    /// The thread id (field 1).
     pub tid: u32,
+    /// The thread name (field 2), without its parentheses.
     pub comm: String,
     /// The state letter (field 3): `R` running, `S` sleeping, `D` in an
     /// uninterruptible wait, `T` stopped, `t` stopped by a tracer, `Z`
     /// zombie, ...
     pub state: char,
+    /// User time (field 14), including the time in guest mode.
     pub utime: u64,
+    /// System time (field 15).
     pub stime: u64,
+    /// Time spent running guest code (field 43); 0 on a line too short to
+    /// have it.
     pub guest_time: u64,
     /// When the thread started, in clock ticks after boot (field 22).
     pub start_ticks: u64,
@@ -213,8 +219,11 @@ fn fields_any_spacing(rest: &str) -> Result<Fields, StatError> {
 /// The times of every thread of a process at one instant.
 #[derive(Debug, Clone)]
 pub struct CpuSnapshot {
+    /// The process.
     pub pid: u32,
+    /// When the reading ended (taken after the last thread's `stat`).
     pub at: Instant,
+    /// The times of each thread that could be read, by tid.
     pub threads: BTreeMap<u32, ThreadTimes>,
 }
 
@@ -244,12 +253,17 @@ pub fn snapshot(proc: &ProcRoot, pid: u32) -> Read<CpuSnapshot> {
 /// CPU use as a number of CPUs (1.0 = one CPU busy the whole interval).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct CpuRates {
+    /// User time on the host: `utime` less `guest_time`.
     pub host_user: f64,
+    /// System time on the host (`stime`): kernel work for the threads,
+    /// KVM's handling of guest exits included.
     pub host_system: f64,
+    /// Time running guest code (`guest_time`).
     pub guest: f64,
 }
 
 impl CpuRates {
+    /// All three together: the CPUs used in any mode.
     pub fn total(&self) -> f64 {
         self.host_user + self.host_system + self.guest
     }
@@ -262,7 +276,9 @@ impl CpuRates {
 /// guest sees as steal).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SchedStat {
+    /// Nanoseconds spent on a CPU.
     pub run_ns: u64,
+    /// Nanoseconds runnable but waiting for a CPU (run delay).
     pub wait_ns: u64,
 }
 
@@ -339,6 +355,8 @@ pub fn rates_between(
 /// thread. When one process runs several VMs, `process` is shared by them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GuestCpu {
+    /// The rates of all threads of the owner process (vCPU threads, I/O
+    /// threads, the main loop).
     pub process: CpuRates,
     /// `(vcpu index, tid, rates)` for each vCPU whose thread is known.
     pub vcpus: Vec<(u32, u32, CpuRates)>,

@@ -12,7 +12,10 @@ use std::path::PathBuf;
 /// Where to look. Defaults to the host's `/proc` and debugfs.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The proc mount to scan (`/proc`).
     pub proc_root: ProcRoot,
+    /// Where debugfs is mounted (`/sys/kernel/debug`); KVM's VM
+    /// directories are in its `kvm/`.
     pub debugfs_root: PathBuf,
     /// Read qemu `-name` from command lines for guests the kernel has no
     /// name for (shown as an unverified hint).
@@ -48,6 +51,7 @@ impl Default for Config {
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum BackendState {
+    /// Run; its facts are in the result.
     Used,
     /// Not usable here, and why.
     Unavailable(String),
@@ -58,7 +62,9 @@ pub enum BackendState {
 /// The result of [`discover`].
 #[derive(Debug, Clone, Serialize)]
 pub struct Discovery {
+    /// The guests found.
     pub guests: Vec<Guest>,
+    /// Each backend considered, in the order tried, and what became of it.
     pub backends: Vec<(Source, BackendState)>,
     /// Skipped processes and other non-fatal events.
     pub notes: Vec<String>,
@@ -256,6 +262,8 @@ pub struct Counters {
     /// Where the bulk came from (the registry's stats file, debugfs, or
     /// `pidfd_getfd`); `sources` has it per counter.
     pub source: Source,
+    /// Counter values by KVM stat name (`exits`, `remote_tlb_flush`, ...):
+    /// scalar stats only, histograms left out.
     pub values: BTreeMap<String, u64>,
     /// The source of each counter in `values`. On a registry kernel the VM
     /// stats come from `/proc/<pid>/kvm/<id>/stats` and the vCPU stats

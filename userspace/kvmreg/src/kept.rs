@@ -40,6 +40,7 @@ impl KeptFile {
         })
     }
 
+    /// The path the file was opened at, for messages.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -94,6 +95,7 @@ impl KeptFile {
 pub struct StatFile(KeptFile);
 
 impl StatFile {
+    /// Open a `stat` file; nothing is read until [`times`](Self::times).
     pub fn open(path: &Path) -> io::Result<StatFile> {
         KeptFile::open(path, 1024).map(StatFile)
     }
@@ -117,6 +119,8 @@ impl StatFile {
 pub struct IoFile(KeptFile);
 
 impl IoFile {
+    /// Open a process' `io` file: refused (`EACCES`) without ptrace-read
+    /// rights over the process.
     pub fn open(path: &Path) -> io::Result<IoFile> {
         KeptFile::open(path, 256).map(IoFile)
     }
@@ -143,6 +147,8 @@ impl IoFile {
 pub struct SchedStatFile(KeptFile);
 
 impl SchedStatFile {
+    /// Open a thread's `schedstat` file (missing on kernels without
+    /// `CONFIG_SCHED_INFO`).
     pub fn open(path: &Path) -> io::Result<SchedStatFile> {
         KeptFile::open(path, 128).map(SchedStatFile)
     }
@@ -191,6 +197,7 @@ pub enum VcpuStatsError {
     /// read.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The file's header, descriptors or data blocks are malformed.
     #[error("{0}")]
     Stats(#[from] StatsError),
 }
@@ -233,12 +240,15 @@ impl VcpuSums<'_> {
             .zip(self.sums.iter().copied())
     }
 
+    /// The sum of the scalar counter `name`; `None` if the file has none.
     pub fn get(&self, name: &str) -> Option<u64> {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 }
 
 impl VcpuStatsFile {
+    /// Open `/proc/<pid>/kvm/<id>/vcpu_stats`; the layout is read at the
+    /// first read.
     pub fn open(path: &Path) -> io::Result<VcpuStatsFile> {
         Ok(VcpuStatsFile {
             file: KeptFile::open(path, 16 << 10)?,
@@ -248,6 +258,7 @@ impl VcpuStatsFile {
         })
     }
 
+    /// The path the file was opened at, for messages.
     pub fn path(&self) -> &Path {
         self.file.path()
     }

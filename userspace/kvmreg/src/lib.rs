@@ -8,6 +8,8 @@
 //! [`stats`], [`cpu`], [`symbols`] and [`perf`] read KVM's binary stats,
 //! the CPU split, guest symbol files and guest-mode samples.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod cpu;
 pub mod discover;

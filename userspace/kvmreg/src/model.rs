@@ -135,12 +135,20 @@ pub struct Vcpu {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Provenance {
+    /// Source of [`Guest::id`].
     pub id: Option<Source>,
+    /// Source of [`Guest::name`].
     pub name: Option<Source>,
+    /// Source of [`Guest::pid`].
     pub pid: Option<Source>,
+    /// Source of [`Guest::uid`].
     pub uid: Option<Source>,
+    /// Source of [`Guest::vcpus`] (the list as a whole; each [`Vcpu`]
+    /// carries its own [`tid_source`](Vcpu::tid_source)).
     pub vcpus: Option<Source>,
+    /// Source of [`Guest::memory_bytes`].
     pub memory: Option<Source>,
+    /// Source of [`Guest::created`].
     pub created: Option<Source>,
 }
 
@@ -150,11 +158,15 @@ pub struct Provenance {
 pub struct Guest {
     /// The kernel's boot-unique VM id (patched kernel only).
     pub id: Option<u64>,
+    /// The VM's name, kept with how far it can be trusted; `None` when no
+    /// backend found one.
     pub name: Option<GuestName>,
     /// The thread group that owns the VM.
     pub pid: u32,
     /// Effective uid of the creator (proc-kvm) or of the owner process.
     pub uid: Option<u32>,
+    /// The vCPUs found. Empty both when there are none and
+    /// when they are unknown: [`vcpu_count`](Self::vcpu_count) tells which.
     pub vcpus: Vec<Vcpu>,
     /// Guest memory (userspace memslots), when known.
     pub memory_bytes: Option<u64>,
@@ -166,6 +178,7 @@ pub struct Guest {
     /// The process is known to hold VMs but the caller may not look inside
     /// (`EACCES`): everything but the pid is unknown.
     pub details_hidden: bool,
+    /// Which backend supplied each fact above.
     pub provenance: Provenance,
     /// Things worth telling the user about this guest (a fact that could
     /// not be read, an ambiguity), in plain words.
@@ -177,6 +190,7 @@ pub struct Guest {
 pub type GuestKey = (u32, Option<u64>, Option<i32>);
 
 impl Guest {
+    /// The [`GuestKey`] that identifies this VM across readings.
     pub fn key(&self) -> GuestKey {
         (self.pid, self.id, self.vm_fd)
     }

@@ -33,18 +33,30 @@ pub enum NetKind {
 /// One network device a VMM holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetDevice {
+    /// The interface name (`vnet0`, `macvtap0`).
     pub name: String,
+    /// How the VMM holds it.
     pub kind: NetKind,
 }
 
 /// A device's counters, as the host's side of it counts them.
+///
+/// All are cumulative since the device was created, from the files of the
+/// same names in `statistics/`; [`guest_view`](Self::guest_view) swaps the
+/// `rx_` and `tx_` sides.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetCounters {
+    /// Bytes received.
     pub rx_bytes: u64,
+    /// Packets received.
     pub rx_packets: u64,
+    /// Received packets dropped.
     pub rx_dropped: u64,
+    /// Bytes transmitted.
     pub tx_bytes: u64,
+    /// Packets transmitted.
     pub tx_packets: u64,
+    /// Packets dropped on transmit.
     pub tx_dropped: u64,
 }
 
@@ -188,6 +200,7 @@ impl NetFiles {
         self.files.len()
     }
 
+    /// True if it keeps no file open (never, once opened).
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }

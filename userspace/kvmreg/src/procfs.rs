@@ -21,7 +21,8 @@ pub enum Skip {
     Denied,
 }
 
-/// Classify an I/O error: `Ok(skip)` for the normal cases, `Err` otherwise.
+/// Classify an I/O error: `Some(skip)` for the normal cases, `None`
+/// otherwise.
 pub fn classify(err: &io::Error) -> Option<Skip> {
     match err.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ESRCH) => Some(Skip::Gone),
@@ -37,8 +38,12 @@ pub fn classify(err: &io::Error) -> Option<Skip> {
 /// The result of one read under `/proc`.
 #[derive(Debug)]
 pub enum Read<T> {
+    /// The data.
     Ok(T),
+    /// No data, for a normal reason: the thing went away or is not ours to
+    /// read.
     Skip(Skip),
+    /// Any other error.
     Err(io::Error),
 }
 
@@ -75,10 +80,12 @@ impl Default for ProcRoot {
 }
 
 impl ProcRoot {
+    /// A proc tree at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         ProcRoot { root: root.into() }
     }
 
+    /// The root of the tree.
     pub fn path(&self) -> &Path {
         &self.root
     }

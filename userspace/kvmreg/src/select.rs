@@ -14,7 +14,9 @@ use std::fmt;
 pub struct Candidate {
     /// The guest's label for the caller ([`Guest::label_for`]).
     pub label: String,
+    /// The registry's VM id; `None` on kernels without the registry.
     pub id: Option<u64>,
+    /// The owner process.
     pub pid: u32,
     /// The VM's fd in its owner, where known: without an id (kernels
     /// without the registry) `PID:FD` tells a process' VMs apart.
@@ -36,21 +38,32 @@ fn list(c: &[Candidate]) -> String {
     c.iter().map(|c| format!("\n{c}")).collect()
 }
 
+/// Why no single guest was selected. The messages list the candidates,
+/// one per line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SelectError {
+    /// The guest list is empty.
     #[error("no KVM guests found (or none visible to this user)")]
     NoGuests,
+    /// Nothing was asked for and there are several guests: all of them.
     #[error("{} guests running; pick one with -g NAME, an id, a pid or PID:FD:{}", .0.len(), list(.0))]
     Ambiguous(Vec<Candidate>),
+    /// No guest matches what was asked for.
     #[error("no guest matches '{wanted}'; the guests are:{}", list(.candidates))]
     NotFound {
+        /// What was asked for.
         wanted: String,
+        /// Every guest.
         candidates: Vec<Candidate>,
     },
+    /// Several guests match what was asked for at the same step of
+    /// [`select_as`]'s order (e.g. one process' VMs, by its pid).
     #[error("'{wanted}' matches {} guests; pass one of their ids (or PID:FD) instead:{}", .matches.len(), list(.matches))]
     Matches {
+        /// What was asked for.
         wanted: String,
+        /// The guests it matches.
         matches: Vec<Candidate>,
     },
 }

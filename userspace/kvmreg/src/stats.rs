@@ -30,17 +30,38 @@ pub const DESC_FIXED_SIZE: usize = 16;
 /// Sanity limits: far above what any kernel emits (a few hundred stats,
 /// names of 48 bytes), low enough that garbage cannot make us allocate much.
 pub const MAX_DESCS: u32 = 8192;
+/// The largest `name_size` accepted (see [`MAX_DESCS`]).
 pub const MAX_NAME_SIZE: u32 = 1024;
+/// The largest data block accepted, in bytes: a descriptor whose values
+/// end beyond it is refused (see [`MAX_DESCS`]).
 pub const MAX_DATA_BYTES: u64 = 16 << 20;
 
+/// Why a stats stream could not be parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
+    /// The stream ends before a part that the header or a descriptor
+    /// points at.
     #[error("stats stream truncated: need {need} bytes at offset {offset}")]
-    Truncated { offset: u64, need: u64 },
+    Truncated {
+        /// Where the part starts in the stream.
+        offset: u64,
+        /// Its length in bytes.
+        need: u64,
+    },
+    /// The header's `name_size` or `num_desc` is beyond the sanity limits,
+    /// or a `vcpu_stats` stream's data is not whole vCPU blocks.
     #[error("stats header is implausible: {0}")]
     BadHeader(String),
+    /// A descriptor has an empty name, or values that are misaligned or
+    /// end beyond [`MAX_DATA_BYTES`].
     #[error("stats descriptor {index} is invalid: {why}")]
-    BadDesc { index: u32, why: String },
+    BadDesc {
+        /// The descriptor's position, from 0.
+        index: u32,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Reading the source failed (other than by ending early).
     #[error("reading the stats stream: {0}")]
     Io(#[from] io::Error),
 }
@@ -49,11 +70,17 @@ pub enum StatsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StatType {
+    /// A counter that only grows (`exits`).
     Cumulative,
+    /// A value now, which may go up or down.
     Instant,
+    /// The highest value seen.
     Peak,
+    /// A histogram of buckets [`bucket_size`](Desc::bucket_size) wide.
     LinearHist,
+    /// A histogram of power-of-2 buckets.
     LogHist,
+    /// A type this crate does not know: the flags' type bits.
     Unknown(u32),
 }
 
@@ -61,20 +88,30 @@ pub enum StatType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StatUnit {
+    /// A plain number (events, pages).
     None,
+    /// Bytes.
     Bytes,
+    /// Seconds (scaled by the exponent, e.g. nanoseconds at -9).
     Seconds,
+    /// CPU clock cycles.
     Cycles,
+    /// 0 or 1.
     Boolean,
+    /// A unit this crate does not know: the flags' unit bits.
     Unknown(u32),
 }
 
 /// One stat's descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Desc {
+    /// The stat's name (`exits`, `halt_poll_success_ns`).
     pub name: String,
+    /// The raw flags, whose type, unit and base bits are decoded below.
     pub flags: u32,
+    /// What the stat counts, from `flags`.
     pub kind: StatType,
+    /// Its unit, from `flags`.
     pub unit: StatUnit,
     /// True for powers of 2 (`KVM_STATS_BASE_POW2`), else powers of 10.
     pub base_pow2: bool,
@@ -84,15 +121,21 @@ pub struct Desc {
     pub size: u16,
     /// Offset of the values from the start of the data block.
     pub offset: u32,
+    /// Bucket width of a linear histogram; 0 for other types.
     pub bucket_size: u32,
 }
 
 /// Header, id and descriptors: what stays fixed for the life of a stats fd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Layout {
+    /// The header's flags (no flag is defined yet).
     pub flags: u32,
+    /// The stream's id string (`kvm-<pid>` for a VM, `kvm-<pid>/vcpu-<n>`
+    /// for a vCPU).
     pub id: String,
+    /// The descriptors, in stream order.
     pub descs: Vec<Desc>,
+    /// Where the data block starts in the stream.
     pub data_offset: u64,
     /// Bytes of the data block that the descriptors cover.
     pub data_len: u64,
@@ -101,14 +144,19 @@ pub struct Layout {
 /// A stat and its values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stat {
+    /// What the values are.
     pub desc: Desc,
+    /// The raw values: one for a scalar stat, one per bucket for a
+    /// histogram; scale by [`Desc::exponent`] for the unit.
     pub values: Vec<u64>,
 }
 
 /// A parsed stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stats {
+    /// The stream's id string, as [`Layout::id`].
     pub id: String,
+    /// Every stat, in descriptor order.
     pub stats: Vec<Stat>,
 }
 
@@ -125,6 +173,9 @@ impl Stats {
 /// A source that can be read at an offset: a stats fd, a `/proc` stats file,
 /// or bytes in memory.
 pub trait ReadAt {
+    /// Fill `buf` from `offset`; a source that ends first gives
+    /// `UnexpectedEof`, which the parser reports as
+    /// [`StatsError::Truncated`].
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 

@@ -13,6 +13,7 @@
 /// A process' cumulative storage I/O in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StorageBytes {
+    /// Fetched from the block layer (`read_bytes`).
     pub read: u64,
     /// Written, less what was truncated away before reaching the disk
     /// (`cancelled_write_bytes`).

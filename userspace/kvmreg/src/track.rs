@@ -62,12 +62,20 @@ impl Policy {
 }
 
 /// What the tracker did, for tools that show their own cost and for tests.
+///
+/// Each field counts since the tracker was made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Activity {
+    /// KVM uevents taken into account.
     pub events: u64,
+    /// Times the uevent socket said events were lost (`ENOBUFS`).
     pub overruns: u64,
+    /// Reads of `/proc/kvm/.list` (registry kernels).
     pub list_reads: u64,
+    /// Full discoveries run, the one at the start included.
     pub full_discoveries: u64,
+    /// Single processes scanned again after an event (kernels without the
+    /// registry).
     pub pid_rescans: u64,
 }
 
@@ -291,6 +299,7 @@ impl Tracker {
         self.socket_error.as_deref()
     }
 
+    /// Where the tracker looks.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -300,6 +309,7 @@ impl Tracker {
         self.registry
     }
 
+    /// What the tracker has done so far.
     pub fn activity(&self) -> Activity {
         self.activity
     }
@@ -905,7 +915,9 @@ impl Tracker {
 /// could not be read.
 #[derive(Debug, Clone)]
 pub struct NetDevCounters {
+    /// The device.
     pub device: NetDevice,
+    /// Its counters, or why they could not be opened or read.
     pub counters: Result<NetCounters, String>,
 }
 

@@ -17,16 +17,20 @@ use std::time::{Duration, Instant};
 /// What KVM announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvmEventKind {
+    /// A VM was created (`EVENT=create`).
     Create,
+    /// A VM was destroyed (`EVENT=destroy`).
     Destroy,
     /// Registry kernels: the VM was renamed.
     Rename,
+    /// Any other `EVENT=` value, as sent.
     Other(String),
 }
 
 /// A KVM uevent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvmEvent {
+    /// What happened (`EVENT=`).
     pub kind: KvmEventKind,
     /// `PID=`: the thread that created the VM.
     pub pid: Option<u32>,
@@ -160,10 +164,12 @@ impl UeventSocket {
 /// What changed in one [`Watcher::wait_update`] step.
 #[derive(Debug, Clone)]
 pub struct Update {
-    /// The events that arrived (empty for a periodic rescan).
+    /// The events that arrived (for a periodic rescan, those that were
+    /// waiting, often none).
     pub events: Vec<KvmEvent>,
     /// Why the list was rescanned.
     pub reason: &'static str,
+    /// The guest list the rescan found.
     pub guests: Vec<Guest>,
 }
 

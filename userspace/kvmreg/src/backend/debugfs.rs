@@ -13,11 +13,15 @@ use std::path::{Path, PathBuf};
 /// One VM directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DebugfsVm {
+    /// The thread that created the VM, from the directory name: the owner's
+    /// pid unless a secondary thread created it.
     pub pid: u32,
+    /// The VM fd number the creator got, from the directory name.
     pub fd: i32,
     /// `(vcpu_id, tid)` of every `vcpu<N>` directory; no tid for a vCPU
     /// that never ran (the file holds 0).
     pub vcpus: Vec<(u32, Option<u32>)>,
+    /// The directory itself, `<debugfs_root>/kvm/<pid>-<fd>`.
     pub dir: PathBuf,
 }
 
@@ -30,7 +34,9 @@ pub fn parse_dir_name(name: &str) -> Option<(u32, i32)> {
 /// Result of a scan: the VMs, or why debugfs could not be used.
 #[derive(Debug)]
 pub enum Scan {
+    /// The VM directories found, sorted by pid and fd (possibly none).
     Vms(Vec<DebugfsVm>),
+    /// `<debugfs_root>/kvm` could not be listed; the reason in plain words.
     Unavailable(String),
 }
 
@@ -114,7 +120,7 @@ pub fn enrich(guests: &mut [Guest], vms: &[DebugfsVm]) -> usize {
 }
 
 /// The scalar stats of a VM directory (`<debugfs>/kvm/<pid>-<fd>/`), as
-/// read; [`crate::Counters`] is what the library makes of them.
+/// read; [`Counters`](crate::discover::Counters) is what the library makes of them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DirCounters {
     /// One file per stat holding a decimal number, summed over the vCPUs
@@ -211,21 +217,33 @@ pub enum VmDirError {
         _ => source.to_string(),
     })]
     Unlisted {
+        /// The `kvm` directory that could not be listed.
         path: PathBuf,
+        /// The error classified as a normal event, if it is one.
         why: Option<Skip>,
+        /// The error from listing it.
         source: std::io::Error,
     },
     /// No directory of the guest's pid (and fd, where known).
     #[error("no {} directory{}", path.display(), if *by_fd {
         " (debugfs names the VM by the creating thread and the fd it got at creation)"
     } else { "" })]
-    Missing { path: PathBuf, by_fd: bool },
+    Missing {
+        /// The directory looked for: `<debugfs>/kvm/<pid>-<fd>`, with a
+        /// literal `<fd>` when the VM fd is unknown.
+        path: PathBuf,
+        /// Whether the VM fd was known, so the exact name was looked for.
+        by_fd: bool,
+    },
     /// The process holds several VMs, and without the guest's fd nothing
     /// tells which directory is its: not guessed.
     #[error("pid {pid} holds {vms} VMs and debugfs has {} of its directories ({}); this VM's fd is unknown, so they cannot be matched (not guessing)", dirs.len(), dirs.join(", "))]
     Ambiguous {
+        /// The owner process.
         pid: u32,
+        /// How many VMs the process holds, as far as known.
         vms: usize,
+        /// The process' `<pid>-<fd>` directory names.
         dirs: Vec<String>,
     },
 }

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 /// What an fd of a process is, from its link target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvmFd {
+    /// A VM fd (`anon_inode:kvm-vm`).
     Vm,
+    /// A vCPU fd (`anon_inode:kvm-vcpu:<vcpu_id>`), with its `vcpu_id`.
     Vcpu(u32),
 }
 

@@ -14,6 +14,7 @@ use crate::Guest;
 /// What one backend found.
 #[derive(Debug, Default)]
 pub struct Found {
+    /// The guests found, each fact marked with this backend as its source.
     pub guests: Vec<Guest>,
     /// Skipped processes and other things the user may want to know.
     pub notes: Vec<String>,

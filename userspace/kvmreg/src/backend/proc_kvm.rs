@@ -14,14 +14,23 @@ pub fn available(proc: &ProcRoot) -> bool {
 }
 
 /// Facts from one `status` file.
+///
+/// Each field is `None` when its line is missing or malformed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Status {
+    /// `Name:`, the VM's kernel name; `None` also when empty.
     pub name: Option<String>,
+    /// `Id:`, the boot-unique VM id.
     pub id: Option<u64>,
+    /// `Pid:`, the owner process.
     pub pid: Option<u32>,
+    /// `Uid:`, the creator's effective uid.
     pub uid: Option<u32>,
+    /// `Vcpus:`, the number of vCPUs created.
     pub vcpus: Option<u32>,
+    /// `MemoryKiB:`, guest memory (userspace memslots) in KiB.
     pub memory_kib: Option<u64>,
+    /// `Created:`, creation time in `CLOCK_BOOTTIME` nanoseconds.
     pub created: Option<u64>,
 }
 
@@ -65,13 +74,17 @@ pub fn parse_vcpus(text: &str) -> Vec<Vcpu> {
 /// One line of `/proc/kvm/.list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListEntry {
+    /// The boot-unique VM id.
     pub id: u64,
     /// The owner, in the pid namespace of the proc mount.
     pub pid: u32,
+    /// The creator's effective uid.
     pub uid: u32,
+    /// The number of vCPUs.
     pub vcpus: u32,
+    /// Guest memory (userspace memslots) in KiB.
     pub memory_kib: u64,
-    /// `CLOCK_BOOTTIME` nanoseconds.
+    /// Creation time in `CLOCK_BOOTTIME` nanoseconds.
     pub created: u64,
     /// The VM's link in `/proc/kvm`: `<name>` or `<name>@<uid>`.
     pub link: String,

@@ -26,21 +26,40 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 /// taken with `pidfd_getfd`; kvm-bindings has `KVMIO` but no numbers.
 pub const KVM_GET_STATS_FD: libc::c_ulong = ((kvm_bindings::KVMIO as libc::c_ulong) << 8) | 0xce;
 
+/// Why a guest's binary stats could not be opened or read, through
+/// [`open`] or [`crate::discover::guest_stats`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StatsFdError {
+    /// The VMM process (this pid) has exited.
     #[error("process {0} is gone")]
     Gone(u32),
+    /// `pidfd_open` or `pidfd_getfd` refused (`EACCES`, `EPERM`).
     #[error(
         "not permitted to take fd {fd} of pid {pid}: pidfd_getfd needs ptrace attach rights (same user and kernel.yama.ptrace_scope allowing it, or CAP_SYS_PTRACE)"
     )]
-    Denied { pid: u32, fd: i32 },
+    Denied {
+        /// The VMM process.
+        pid: u32,
+        /// Its fd that was to be taken.
+        fd: i32,
+    },
+    /// The fd number was closed or reused since the scan that found it.
     #[error("fd {fd} of pid {pid} is no longer the expected KVM fd")]
-    NotKvm { pid: u32, fd: i32 },
+    NotKvm {
+        /// The VMM process.
+        pid: u32,
+        /// Its fd that was taken.
+        fd: i32,
+    },
+    /// `KVM_GET_STATS_FD` failed with `EIO`: KVM answers ioctls only from
+    /// the VM's own mm.
     #[error(
         "KVM refuses VM and vCPU ioctls from any process but the VM's creator (EIO): on this kernel another process' stats need /proc/<pid>/kvm/<id>/stats (VM registry) or debugfs"
     )]
     ForeignProcess,
+    /// The kernel lacks a system call or ioctl, named with the Linux
+    /// version that added it.
     #[error("this kernel lacks {0}")]
     Unsupported(&'static str),
     /// The guest's VM fd is not known, so there is nothing to take.
@@ -49,9 +68,16 @@ pub enum StatsFdError {
     } else {
         "no VM fd is known for this guest (several VMs in one process, on a kernel without the registry): its KVM stats need debugfs (mount -t debugfs none /sys/kernel/debug, as root) or the registry"
     })]
-    NoVmFd { hidden: bool },
+    NoVmFd {
+        /// Whether the fd is unknown because the VMM's details are hidden
+        /// from the caller ([`crate::Guest::details_hidden`]).
+        hidden: bool,
+    },
+    /// The stats file was opened but is malformed or could not be read.
     #[error("{0}")]
     Stats(#[from] StatsError),
+    /// Any other I/O error (opening the registry's stats file, reading the
+    /// fd link, the ioctl).
     #[error("{0}")]
     Io(io::Error),
 }

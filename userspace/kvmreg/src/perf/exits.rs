@@ -25,53 +25,93 @@ use std::path::{Path, PathBuf};
 /// `isa` values of the `kvm_exit` tracepoint (`KVM_ISA_VMX`, `KVM_ISA_SVM`).
 const ISA_VMX: u32 = 1;
 
+/// Why exit tracing could not start: [`Tracepoints::load`] or
+/// [`ExitTracer::new`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExitError {
+    /// No tracefs is mounted, neither on its own nor under debugfs.
     #[error(
         "exit reasons need the kvm:kvm_exit tracepoint, and no tracefs is mounted: mount it (`mount -t tracefs nodev /sys/kernel/tracing`, as root)"
     )]
     NoTracefs,
+    /// The tracefs (this mount point) lacks `events/kvm/kvm_exit` or
+    /// `kvm_entry`, or one of their files could not be read.
     #[error(
         "{0} has no kvm/kvm_exit and kvm/kvm_entry events: the kvm module is not loaded, or the kernel was built without event tracing (CONFIG_EVENT_TRACING)"
     )]
     NoTracepoint(PathBuf),
+    /// A tracepoint file could not be read for lack of permission.
     #[error(
         "reading {path} was refused ({err}): the tracepoints' ids in tracefs are readable by root only"
     )]
-    TracefsPermission { path: PathBuf, err: io::Error },
+    TracefsPermission {
+        /// The file refused.
+        path: PathBuf,
+        /// The error of the read.
+        err: io::Error,
+    },
+    /// A tracepoint's `id` or `format` file did not say what was expected.
     #[error("{path}: {why}")]
-    Format { path: PathBuf, why: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with it.
+        why: String,
+    },
+    /// `perf_event_open` on a vCPU thread was refused (`EACCES`, `EPERM`).
     #[error(
         "tracing thread {tid} was refused ({err}): the raw data of tracepoints needs CAP_PERFMON (or root), or kernel.perf_event_paranoid -1 (it is {paranoid})"
     )]
     Permission {
+        /// The thread.
         tid: u32,
+        /// The error of `perf_event_open`.
         err: io::Error,
+        /// `kernel.perf_event_paranoid` as read, for the message.
         paranoid: String,
     },
+    /// No thread was given to trace.
     #[error("no vCPU threads known for this guest: nothing to trace")]
     NoThreads,
+    /// `perf_event_open` failed with `EMFILE` or `ENFILE`.
     #[error(
         "out of file descriptors after {opened} perf events (two per vCPU thread): raise the open-files limit (`ulimit -n`, now {limit})"
     )]
-    OutOfFds { opened: usize, limit: String },
+    OutOfFds {
+        /// Perf events opened for the threads before the failing one.
+        opened: usize,
+        /// The open-files limit as read, for the message.
+        limit: String,
+    },
+    /// Mapping a thread's ring buffer was refused (`EPERM`, `ENOMEM`).
     #[error(
         "mapping the perf ring of thread {tid} was refused ({err}): rings beyond kernel.perf_event_mlock_kb (it is {mlock_kb} KiB) per user need CAP_IPC_LOCK"
     )]
     RingMemory {
+        /// The thread.
         tid: u32,
+        /// The error of the `mmap`.
         err: io::Error,
+        /// `kernel.perf_event_mlock_kb` as read, for the message.
         mlock_kb: String,
     },
+    /// Any other error opening, mapping or enabling a thread's events.
     #[error("tracing thread {tid}: {err}")]
-    Io { tid: u32, err: io::Error },
+    Io {
+        /// The thread.
+        tid: u32,
+        /// The error.
+        err: io::Error,
+    },
 }
 
 /// Where a field lies in a tracepoint's raw record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Field {
+    /// Byte offset in the raw record.
     pub offset: usize,
+    /// Size in bytes.
     pub size: usize,
 }
 
@@ -93,11 +133,15 @@ impl Field {
 /// and the reason names of each ISA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitFormat {
+    /// The `exit_reason` field.
     pub exit_reason: Field,
+    /// The `isa` field: 1 for VMX, 2 for SVM.
     pub isa: Field,
     /// Reason names for VMX (`isa` 1), keyed by the basic reason (low 16
     /// bits), and for SVM, keyed by the whole exit code.
     pub vmx: BTreeMap<u64, String>,
+    /// Reason names for SVM (any other `isa`), keyed by the whole exit
+    /// code.
     pub svm: BTreeMap<u64, String>,
 }
 
@@ -237,8 +281,12 @@ pub fn find_tracefs() -> Option<PathBuf> {
 /// The two tracepoints: ids and the exit record's layout.
 #[derive(Debug, Clone)]
 pub struct Tracepoints {
+    /// The id of `kvm:kvm_exit` (`events/kvm/kvm_exit/id`), the `config`
+    /// of its perf event.
     pub exit_id: u64,
+    /// The id of `kvm:kvm_entry`.
     pub entry_id: u64,
+    /// The layout and reason names of the `kvm_exit` record.
     pub format: ExitFormat,
 }
 

@@ -19,42 +19,67 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+/// Why a [`Sampler`] could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PerfError {
+    /// `perf_event_open` on a vCPU thread was refused (`EACCES`, `EPERM`).
     #[error(
         "perf_event_open on thread {tid} was refused ({err}): sampling another process' vCPU threads in guest mode needs CAP_PERFMON (or root), or else kernel.perf_event_paranoid <= 1 (it is {paranoid}) and ptrace rights over the VMM (same user)"
     )]
     Permission {
+        /// The thread.
         tid: u32,
+        /// The error of `perf_event_open`.
         err: io::Error,
+        /// `kernel.perf_event_paranoid` as read, for the message.
         paranoid: String,
     },
+    /// The thread (this tid) exited before its event was opened (`ESRCH`).
     #[error("thread {0} is gone")]
     Gone(u32),
+    /// The guests have no vCPU thread known to sample.
     #[error("no vCPU threads known for these guests: nothing to sample (vCPU threads come from the VM registry, debugfs or qemu's thread names)")]
     NoThreads,
+    /// Every guest's details are hidden from the caller, so no vCPU thread
+    /// is known.
     #[error("the VMMs' threads are hidden from this user (no ptrace rights over them): sampling needs their user or root")]
     Hidden,
+    /// `perf_event_open` failed with `EMFILE` or `ENFILE`.
     #[error(
         "out of file descriptors after opening {opened} of {wanted} perf events (one per vCPU thread): raise the open-files limit (`ulimit -n`, now {limit}) or watch fewer guests (-g)"
     )]
     OutOfFds {
+        /// Events opened before the failure.
         opened: usize,
+        /// Events needed: one per vCPU thread.
         wanted: usize,
+        /// The open-files limit as read, for the message.
         limit: String,
     },
+    /// Mapping a thread's ring buffer was refused (`EPERM`, `ENOMEM`),
+    /// typically past the per-user locked-memory budget.
     #[error(
         "mapping the perf ring of thread {tid} was refused ({err}) after {mapped} rings: rings beyond kernel.perf_event_mlock_kb (it is {mlock_kb} KiB) per user need CAP_IPC_LOCK; raise that sysctl, run as root or watch fewer guests (-g)"
     )]
     RingMemory {
+        /// The thread.
         tid: u32,
+        /// Rings mapped before the failure.
         mapped: usize,
+        /// The error of the `mmap`.
         err: io::Error,
+        /// `kernel.perf_event_mlock_kb` as read, for the message.
         mlock_kb: String,
     },
+    /// Any other error opening, mapping or enabling a thread's event.
     #[error("perf_event_open on thread {tid}: {err}")]
-    Io { tid: u32, err: io::Error },
+    Io {
+        /// The thread.
+        tid: u32,
+        /// The error.
+        err: io::Error,
+    },
 }
 
 fn sysctl(name: &str) -> String {
@@ -143,7 +168,11 @@ struct Event {
 /// Sampling of a set of guests' vCPU threads.
 pub struct Sampler {
     events: Vec<Event>,
+    /// The `PERF_SAMPLE_*` bits the events were opened with, which
+    /// [`record::parse`] needs to read their samples.
     pub sample_type: u64,
+    /// How [`Attributor`] can tie these samples to guests: by the kernel's
+    /// tag where [`probe_guest_id`] found it, else by thread.
     pub attribution: Attribution,
     /// Samples the kernel dropped (ring full), from `PERF_RECORD_LOST`.
     pub lost: u64,
@@ -279,6 +308,8 @@ pub struct Attributor {
 }
 
 impl Attributor {
+    /// Index `guests` by registry id and by vCPU thread; [`Owner::guest`]
+    /// indexes this slice.
     pub fn new(guests: &[Guest]) -> Self {
         let mut by_tid = HashMap::new();
         let mut by_id = HashMap::new();

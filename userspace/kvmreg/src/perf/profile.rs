@@ -27,10 +27,12 @@ pub const OTHER_ADDRESSES: &str = "[other addresses]";
 pub struct AddrCounts {
     map: HashMap<u64, u64>,
     cap: usize,
+    /// Samples at addresses that found the table full.
     pub other: u64,
 }
 
 impl AddrCounts {
+    /// An empty table with room for `cap` distinct addresses.
     pub fn new(cap: usize) -> Self {
         AddrCounts {
             map: HashMap::with_capacity(cap),
@@ -39,6 +41,8 @@ impl AddrCounts {
         }
     }
 
+    /// Count one sample at `addr`: in its own row while there is room or
+    /// the address already has one, else in [`other`](Self::other).
     #[inline]
     pub fn add(&mut self, addr: u64) {
         if self.map.len() < self.cap {
@@ -56,6 +60,7 @@ impl AddrCounts {
         self.map.iter().map(|(&a, &n)| (a, n))
     }
 
+    /// Start over, keeping the memory.
     pub fn clear(&mut self) {
         self.map.clear();
         self.other = 0;
@@ -86,9 +91,12 @@ pub struct FunctionRow {
     /// The symbol, `0x<ip>` for an address no symbol covers, or
     /// [`OTHER_ADDRESSES`].
     pub symbol: String,
+    /// The guest kernel module of the symbol; `None` for the kernel image
+    /// and for unresolved rows.
     pub module: Option<String>,
     /// `file:line` of the row's hottest source line, where known.
     pub source: Option<String>,
+    /// Samples counted in the row.
     pub samples: u64,
 }
 
@@ -231,7 +239,9 @@ impl Functions {
 /// One guest's samples.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuestProfile {
+    /// Samples in guest kernel mode.
     pub guest_kernel: u64,
+    /// Samples in guest user mode.
     pub guest_user: u64,
     /// Samples of its vCPU threads outside guest mode (KVM, the VMM).
     pub host: u64,
@@ -240,6 +250,7 @@ pub struct GuestProfile {
 }
 
 impl GuestProfile {
+    /// Samples in guest mode, kernel and user.
     pub fn guest_samples(&self) -> u64 {
         self.guest_kernel + self.guest_user
     }
@@ -259,6 +270,8 @@ impl GuestProfile {
 pub struct Profile {
     attributor: Attributor,
     tid_owner: HashMap<u32, usize>,
+    /// One profile per guest, in the order of the guest list given to
+    /// [`Profile::new`].
     pub guests: Vec<GuestProfile>,
     /// Guest-mode samples that no known guest claims.
     pub unattributed: u64,

@@ -19,15 +19,23 @@ pub const HEADER_SIZE: usize = 8;
 /// Where the CPU was when the sample was taken (`PERF_RECORD_MISC_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CpuMode {
+    /// `PERF_RECORD_MISC_CPUMODE_UNKNOWN`, or a value this crate does not
+    /// know.
     Unknown,
+    /// `PERF_RECORD_MISC_KERNEL`: the host kernel.
     HostKernel,
+    /// `PERF_RECORD_MISC_USER`: host user space.
     HostUser,
+    /// `PERF_RECORD_MISC_HYPERVISOR`.
     Hypervisor,
+    /// `PERF_RECORD_MISC_GUEST_KERNEL`: a guest's kernel.
     GuestKernel,
+    /// `PERF_RECORD_MISC_GUEST_USER`: a guest's user space.
     GuestUser,
 }
 
 impl CpuMode {
+    /// The mode of a record header's `misc` field (its CPU-mode bits).
     pub fn from_misc(misc: u16) -> Self {
         match u32::from(misc) & sys::PERF_RECORD_MISC_CPUMODE_MASK {
             sys::PERF_RECORD_MISC_KERNEL => CpuMode::HostKernel,
@@ -39,6 +47,7 @@ impl CpuMode {
         }
     }
 
+    /// True for guest kernel or guest user mode.
     pub fn is_guest(self) -> bool {
         matches!(self, CpuMode::GuestKernel | CpuMode::GuestUser)
     }
@@ -49,34 +58,58 @@ impl CpuMode {
 pub struct GuestTag {
     /// 0 when the sample was not taken in guest context.
     pub vm_id: u64,
+    /// The vCPU's index in its VM (as [`crate::Vcpu::index`]).
     pub vcpu_idx: u32,
 }
 
 /// One sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
+    /// Where the CPU was, from the header's `misc`.
     pub mode: CpuMode,
+    /// The instruction pointer: a guest address for guest-mode samples.
     pub ip: u64,
+    /// The sampled process (the VMM, for a vCPU thread).
     pub pid: u32,
+    /// The sampled thread.
     pub tid: u32,
+    /// The kernel's guest tag, when the events were opened with
+    /// [`PERF_SAMPLE_GUEST_ID`]; `None` otherwise.
     pub guest: Option<GuestTag>,
 }
 
 /// A parsed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
+    /// `PERF_RECORD_SAMPLE`.
     Sample(Sample),
+    /// `PERF_RECORD_LOST`: this many records dropped because the ring was
+    /// full.
     Lost(u64),
     /// Any other record type (mmap, comm, throttle...): skipped.
     Other(u32),
 }
 
+/// Why a record did not parse.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
+    /// The record is shorter than a `perf_event_header`.
     #[error("record of {size} bytes is shorter than its header")]
-    TooShort { size: usize },
+    TooShort {
+        /// The record's length in bytes.
+        size: usize,
+    },
+    /// The record ends before the fields its type and `sample_type` say
+    /// it holds.
     #[error("record type {kind} of {size} bytes is too short for its fields")]
-    Truncated { kind: u32, size: usize },
+    Truncated {
+        /// The record type (`PERF_RECORD_*`).
+        kind: u32,
+        /// The record's length in bytes.
+        size: usize,
+    },
+    /// A sample of a `sample_type` (given) other than [`BASE_SAMPLE_TYPE`]
+    /// with or without [`PERF_SAMPLE_GUEST_ID`].
     #[error("sample_type {0:#x} has fields this parser does not handle")]
     UnsupportedSampleType(u64),
 }

@@ -16,7 +16,10 @@ type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 
 /// The symbols (and lines) of one ELF file.
 pub struct ElfSymbols {
+    /// The defined text (function) symbols, with their sizes where the
+    /// file gives them.
     pub table: SymbolTable,
+    /// The GNU build-id note; `None` when the file has none.
     pub build_id: Option<Vec<u8>>,
     lines: Option<addr2line::Context<Reader>>,
     /// Why there are no lines, when there are none.

@@ -13,19 +13,31 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// Where to find a guest's symbols.
+///
+/// A file named explicitly wins over the one in the guestmount directory.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// `--guestkallsyms`: a copy of the guest's `/proc/kallsyms`.
     pub kallsyms: Option<PathBuf>,
+    /// `--guestmodules`: a copy of the guest's `/proc/modules`.
     pub modules: Option<PathBuf>,
+    /// `--guestvmlinux`: the guest kernel's ELF image, for symbol sizes and
+    /// source lines.
     pub vmlinux: Option<PathBuf>,
+    /// `--guestmount`: a directory with one subdirectory per guest, where
+    /// the files not named above are looked for.
     pub guestmount: Option<PathBuf>,
 }
 
 /// The loaded symbols of one guest.
 #[derive(Debug, Default)]
 pub struct GuestSymbols {
+    /// The guest's kallsyms, when a file was found.
     pub kallsyms: Option<SymbolTable>,
+    /// The guest's loaded modules; empty without a modules file.
     pub modules: Vec<Module>,
+    /// The guest kernel's ELF symbols, when a file was found (and its
+    /// build-id matched the running kernel's, where that is known).
     pub vmlinux: Option<ElfSymbols>,
     /// Add to vmlinux addresses to get running addresses.
     pub kaslr: i64,

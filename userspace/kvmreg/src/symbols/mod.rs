@@ -16,25 +16,50 @@ use std::path::{Path, PathBuf};
 /// Guest symbol files larger than this are refused (a real kallsyms with
 /// modules is a few tens of MiB, a vmlinux with DWARF a few hundred).
 pub const MAX_TEXT_FILE: u64 = 256 << 20;
+/// Guest ELF files (`--guestvmlinux`) larger than this are refused.
 pub const MAX_ELF_FILE: u64 = 2 << 30;
 
+/// Why a guest symbol file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SymbolError {
+    /// The file could not be read.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The error.
         source: std::io::Error,
     },
+    /// The file is larger than accepted for its kind (e.g.
+    /// [`MAX_TEXT_FILE`], [`MAX_ELF_FILE`]).
     #[error("{path}: file of {size} bytes is larger than the {max} bytes accepted")]
-    TooLarge { path: PathBuf, size: u64, max: u64 },
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes (what was read, if it grew while read).
+        size: u64,
+        /// The cap in bytes.
+        max: u64,
+    },
+    /// A line of a text file (kallsyms, modules) did not parse.
     #[error("{path}:{line}: {why}")]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// The line number, from 1.
         line: usize,
+        /// What was wrong (for kallsyms, with the line, shortened).
         why: String,
     },
+    /// The file as a whole is unusable: not ELF, no symbols, every address
+    /// 0, a build-id of another kernel.
     #[error("{path}: {why}")]
-    Invalid { path: PathBuf, why: String },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
 }
 
 /// Read a whole file, refusing anything larger than `max`.
@@ -73,12 +98,16 @@ pub(crate) fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, SymbolError>
 /// A resolved address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
+    /// The symbol's name, or `[module]` for an address only a module's
+    /// range covers.
     pub name: String,
+    /// Bytes from the symbol's (or module's) start to the address.
     pub offset: u64,
     /// Kernel module, for kallsyms entries with `[module]`.
     pub module: Option<String>,
     /// Source file and line, when DWARF had them.
     pub file: Option<String>,
+    /// The line in [`file`](Self::file), when DWARF had it.
     pub line: Option<u32>,
 }
 
@@ -87,6 +116,7 @@ pub struct Resolved {
 pub struct SymbolIdx(u32);
 
 impl SymbolIdx {
+    /// The position, as an index.
     pub fn get(self) -> usize {
         self.0 as usize
     }
@@ -148,10 +178,12 @@ impl SymbolTable {
         b.finish()
     }
 
+    /// The number of symbols.
     pub fn len(&self) -> usize {
         self.meta.len()
     }
 
+    /// True if the table has no symbol.
     pub fn is_empty(&self) -> bool {
         self.meta.is_empty()
     }
@@ -389,8 +421,11 @@ impl TableBuilder {
 /// A symbol of a [`SymbolTable`], borrowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SymbolRef<'a> {
+    /// The symbol's name.
     pub name: &'a str,
+    /// Bytes from the symbol's start to the address looked up.
     pub offset: u64,
+    /// Kernel module, for kallsyms entries with `[module]`.
     pub module: Option<&'a str>,
 }
 

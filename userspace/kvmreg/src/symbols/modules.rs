@@ -6,8 +6,12 @@ use std::path::Path;
 /// A loaded guest module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Module {
+    /// The module name (field 1).
     pub name: String,
+    /// Its size in bytes (field 2).
     pub size: u64,
+    /// Its load address (field 6); 0 when the guest's `kptr_restrict` hid
+    /// it from whoever copied the file.
     pub address: u64,
 }
 
