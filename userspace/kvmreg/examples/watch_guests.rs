@@ -12,7 +12,7 @@
 
 use kvmreg::track::Tracker;
 use kvmreg::Guest;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -82,15 +82,6 @@ fn watch(interval: Duration, run_for: Option<Duration>) -> std::io::Result<()> {
     let mut known: BTreeMap<Identity, String> = BTreeMap::new();
     let mut out = std::io::stdout().lock();
     loop {
-        // On a kernel without the registry a destroy event rescans the
-        // VMM; one already reaped by then leaves the set only when a read
-        // of it fails (or at the next full discovery, 60 s): read each
-        // process' CPU times (one kept-open file), which drops gone ones.
-        let pids: BTreeSet<u32> = tracker.guests().iter().map(|g| g.pid).collect();
-        for pid in pids {
-            // `Read::Skip(Skip::Gone)`: the tracker forgot its guests.
-            let _ = tracker.cpu(pid, None);
-        }
         let now: BTreeMap<Identity, String> = tracker
             .guests()
             .iter()

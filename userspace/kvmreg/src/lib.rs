@@ -30,7 +30,7 @@ pub(crate) mod testutil;
 
 pub use discover::{
     discover, discover_with, guest_counters, guest_counters_of, guest_stats, list_with, Config,
-    Discovery,
+    Counters, Discovery,
 };
 pub use model::{Guest, GuestName, Provenance, Source, Vcpu};
 pub use select::{select, select_as, SelectError};

@@ -211,10 +211,15 @@ impl Tracker {
     /// A tracker fed only by [`Tracker::apply`] and its reconciles: for
     /// tests, and for callers that read uevents themselves.
     pub fn without_events(cfg: Config, policy: Policy) -> Tracker {
+        let list = if policy.list_every.is_zero() {
+            "at every refresh".to_string()
+        } else {
+            format!("every {:?}", policy.list_every)
+        };
         let why = format!(
-            "no uevents for {}: the guest list is reconciled every {:?}",
+            "no uevents for {}: /proc/kvm/.list is read {list} (registry kernels), every process looked at every {:?} (others)",
             cfg.proc_root.path().display(),
-            policy.list_every
+            policy.full_every
         );
         Self::start(cfg, policy, None, Some(why))
     }
@@ -499,8 +504,14 @@ impl Tracker {
             Read::Ok(s) => crate::procfs::status_field(&s, "Tgid")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(pid),
-            // The thread is gone: its process' guests leave when their
-            // `stat` fails, or at the next full discovery.
+            // Gone (a VMM reaped before its destroy event was read): its
+            // guests leave now. Were `pid` a thread of a live process, no
+            // guest has it as owner, and nothing changes.
+            Read::Skip(Skip::Gone) => {
+                self.forget_pid(pid);
+                return;
+            }
+            // Not ours to look at: the next full discovery decides.
             _ => return,
         };
         let mut found = match fd_scan::scan_pid(proc, tgid) {
@@ -1253,6 +1264,19 @@ mod tests {
         let pids: Vec<(u32, Option<i32>)> = t.guests().iter().map(|g| (g.pid, g.vm_fd)).collect();
         assert_eq!(pids, vec![(10, Some(4)), (20, Some(7))]);
         assert_eq!(t.activity().pid_rescans, 1);
+        assert_eq!(t.activity().full_discoveries, 1);
+        // VMM 20 is reaped before its destroy event is read: its guest
+        // leaves at that refresh, without a full discovery.
+        std::fs::remove_dir_all(d.path().join("20")).unwrap();
+        std::fs::remove_dir_all(d.path().join("21")).unwrap();
+        t.apply(&[KvmEvent {
+            kind: KvmEventKind::Destroy,
+            pid: Some(20),
+            vm_id: None,
+        }]);
+        t.refresh();
+        let pids: Vec<u32> = t.guests().iter().map(|g| g.pid).collect();
+        assert_eq!(pids, vec![10]);
         assert_eq!(t.activity().full_discoveries, 1);
     }
 

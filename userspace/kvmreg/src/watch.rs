@@ -100,8 +100,9 @@ impl UeventSocket {
         // SAFETY: sockaddr_nl is plain data; all-zero is valid.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = 1; // kernel uevents
-                            // SAFETY: addr is a valid sockaddr_nl of the size passed.
+        // Group 1: the kernel's uevents.
+        addr.nl_groups = 1;
+        // SAFETY: addr is a valid sockaddr_nl of the size passed.
         let r = unsafe {
             libc::bind(
                 fd.as_raw_fd(),

@@ -5,7 +5,7 @@
 //! this tool never keeps a guest alive. Before the ioctl, the duplicate is
 //! checked to still be a KVM fd of the expected kind: the fd number came
 //! from an earlier scan and may since have been reused for another file.
-//! Raw syscalls because `libc` has no wrappers for the pidfd calls.
+//! The pidfd calls are rustix's `pidfd_open` and `pidfd_getfd`.
 //!
 //! Limit found on a real kernel: KVM answers every VM and vCPU ioctl from a
 //! process whose mm is not the VM's with `EIO`, so this works only inside

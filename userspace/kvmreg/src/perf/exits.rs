@@ -297,7 +297,11 @@ impl Tracepoints {
         let read = |p: PathBuf| {
             std::fs::read_to_string(&p).map_err(|err| match err.kind() {
                 io::ErrorKind::PermissionDenied => ExitError::TracefsPermission { path: p, err },
-                _ => ExitError::NoTracepoint(tracefs.to_path_buf()),
+                io::ErrorKind::NotFound => ExitError::NoTracepoint(tracefs.to_path_buf()),
+                _ => ExitError::Format {
+                    why: format!("cannot be read: {err}"),
+                    path: p,
+                },
             })
         };
         let id = |name: &str| -> Result<u64, ExitError> {
@@ -400,8 +404,8 @@ impl ExitTracer {
         }
         let mut threads = Vec::new();
         for &tid in tids {
-            let opened = threads.len() * 2;
-            let err = |err: io::Error| match err.raw_os_error() {
+            // `opened`: the events opened before the one that failed.
+            let err = |err: io::Error, opened: usize| match err.raw_os_error() {
                 Some(libc::EACCES) | Some(libc::EPERM) => ExitError::Permission {
                     tid,
                     err,
@@ -413,8 +417,10 @@ impl ExitTracer {
                 },
                 _ => ExitError::Io { tid, err },
             };
-            let exit = open_tracepoint(tid, tp.exit_id, SAMPLE_TYPE).map_err(err)?;
-            let entry = open_tracepoint(tid, tp.entry_id, SAMPLE_TYPE).map_err(err)?;
+            let exit = open_tracepoint(tid, tp.exit_id, SAMPLE_TYPE)
+                .map_err(|e| err(e, threads.len() * 2))?;
+            let entry = open_tracepoint(tid, tp.entry_id, SAMPLE_TYPE)
+                .map_err(|e| err(e, threads.len() * 2 + 1))?;
             let ring = Ring::new(&exit, RING_PAGES).map_err(|err| match err.raw_os_error() {
                 Some(libc::EPERM) | Some(libc::ENOMEM) => ExitError::RingMemory {
                     tid,
