@@ -7,7 +7,6 @@
 //! them is left out of the difference rather than counted from zero.
 
 use crate::procfs::{ProcRoot, Read};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -18,7 +17,8 @@ pub struct StatError(pub &'static str);
 
 /// CPU times of one thread, in clock ticks, and what else its `stat` line
 /// says that a refresh shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ThreadTimes {
     /// The thread id (field 1).
     pub tid: u32,
@@ -251,7 +251,8 @@ pub fn snapshot(proc: &ProcRoot, pid: u32) -> Read<CpuSnapshot> {
 }
 
 /// CPU use as a number of CPUs (1.0 = one CPU busy the whole interval).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CpuRates {
     /// User time on the host: `utime` less `guest_time`.
     pub host_user: f64,
@@ -353,7 +354,8 @@ pub fn rates_between(
 
 /// The CPU split of one guest: the whole owner process, and each vCPU
 /// thread. When one process runs several VMs, `process` is shared by them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct GuestCpu {
     /// The rates of all threads of the owner process (vCPU threads, I/O
     /// threads, the main loop).

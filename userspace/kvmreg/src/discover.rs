@@ -5,7 +5,6 @@ use crate::backend::{debugfs, fd_scan, proc_kvm, stats_fd};
 use crate::procfs::ProcRoot;
 use crate::stats::{self, Stats};
 use crate::{Guest, GuestName, Source};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -47,8 +46,9 @@ impl Default for Config {
 }
 
 /// What became of one backend in a discovery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum BackendState {
     /// Run; its facts are in the result.
@@ -60,7 +60,8 @@ pub enum BackendState {
 }
 
 /// The result of [`discover`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Discovery {
     /// The guests found.
     pub guests: Vec<Guest>,
@@ -256,7 +257,8 @@ pub fn guest_stats(cfg: &Config, g: &Guest) -> Result<(Source, Stats), stats_fd:
 }
 
 /// Scalar stats counters of a guest, and where they came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Counters {
     /// Where the bulk came from (the registry's stats file, debugfs, or

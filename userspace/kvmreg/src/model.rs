@@ -5,12 +5,12 @@
 //! VM's name, a qemu `-name` from a command line is only a hint that any
 //! process can forge, and a vCPU thread found by its thread name is a guess.
 
-use serde::Serialize;
 use std::fmt;
 
 /// Where a fact about a guest came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum Source {
     /// `/proc/kvm` and `/proc/<pid>/kvm/<id>/` (patched kernel).
@@ -54,8 +54,12 @@ impl fmt::Display for Source {
 }
 
 /// A guest's name, kept apart by how much it can be trusted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", content = "name", rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(tag = "kind", content = "name", rename_all = "kebab-case")
+)]
 #[non_exhaustive]
 pub enum GuestName {
     /// The name the kernel holds for the VM (`KVM_SET_VM_NAME`, default
@@ -115,7 +119,8 @@ impl fmt::Display for GuestName {
 }
 
 /// One vCPU of a guest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Vcpu {
     /// Position in KVM's vCPU array, when known (proc-kvm); otherwise the
     /// order in which the vCPUs were found.
@@ -132,7 +137,8 @@ pub struct Vcpu {
 
 /// Where each fact of a [`Guest`] came from; `None` where the fact is
 /// unknown.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Provenance {
     /// Source of [`Guest::id`].
@@ -153,7 +159,8 @@ pub struct Provenance {
 }
 
 /// A KVM guest (one VM) as the host sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Guest {
     /// The kernel's boot-unique VM id (patched kernel only).
@@ -296,6 +303,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "serde")]
     fn names_serialize_with_their_kind() {
         let h = GuestName::CmdlineHint("db".into());
         let j = serde_json::to_string(&h).unwrap();

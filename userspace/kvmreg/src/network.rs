@@ -20,8 +20,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// How a VMM reaches a network device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum NetKind {
     /// A tun/tap device (`/dev/net/tun`).

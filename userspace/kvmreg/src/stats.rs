@@ -20,7 +20,6 @@ use kvm_bindings::{
     KVM_STATS_UNIT_BOOLEAN, KVM_STATS_UNIT_BYTES, KVM_STATS_UNIT_CYCLES, KVM_STATS_UNIT_MASK,
     KVM_STATS_UNIT_NONE, KVM_STATS_UNIT_SECONDS,
 };
-use serde::Serialize;
 use std::io;
 
 /// Size of `struct kvm_stats_header`.
@@ -67,8 +66,9 @@ pub enum StatsError {
 }
 
 /// What a stat counts (`KVM_STATS_TYPE_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 pub enum StatType {
     /// A counter that only grows (`exits`).
     Cumulative,
@@ -85,8 +85,9 @@ pub enum StatType {
 }
 
 /// The unit of a stat (`KVM_STATS_UNIT_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 pub enum StatUnit {
     /// A plain number (events, pages).
     None,
@@ -103,7 +104,8 @@ pub enum StatUnit {
 }
 
 /// One stat's descriptor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Desc {
     /// The stat's name (`exits`, `halt_poll_success_ns`).
     pub name: String,
@@ -126,7 +128,8 @@ pub struct Desc {
 }
 
 /// Header, id and descriptors: what stays fixed for the life of a stats fd.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Layout {
     /// The header's flags (no flag is defined yet).
     pub flags: u32,
@@ -142,7 +145,8 @@ pub struct Layout {
 }
 
 /// A stat and its values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Stat {
     /// What the values are.
     pub desc: Desc,
@@ -152,7 +156,8 @@ pub struct Stat {
 }
 
 /// A parsed stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Stats {
     /// The stream's id string, as [`Layout::id`].
     pub id: String,
