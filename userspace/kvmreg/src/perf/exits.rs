@@ -19,7 +19,7 @@ use super::{nofile_limit, paranoid, sysctl};
 use perf_event_open_sys::bindings as sys;
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// `isa` values of the `kvm_exit` tracepoint (`KVM_ISA_VMX`, `KVM_ISA_SVM`).
@@ -374,17 +374,7 @@ fn open_tracepoint(tid: u32, id: u64, sample_type: u64) -> io::Result<OwnedFd> {
     attr.set_use_clockid(1);
     attr.clockid = libc::CLOCK_MONOTONIC;
     attr.set_disabled(1);
-    let pid = libc::pid_t::try_from(tid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    // SAFETY: attr is initialised and outlives the call; the flags ask for
-    // a close-on-exec fd.
-    let fd = unsafe {
-        perf_event_open_sys::perf_event_open(&mut attr, pid, -1, -1, sys::PERF_FLAG_FD_CLOEXEC as _)
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    super::open_on_thread(&mut attr, tid)
 }
 
 fn event_id(fd: &OwnedFd) -> io::Result<u64> {

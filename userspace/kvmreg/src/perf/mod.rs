@@ -120,11 +120,17 @@ pub fn open_event(tid: u32, sample_type: u64, period_ns: u64) -> io::Result<Owne
     attr.__bindgen_anon_1.sample_period = period_ns;
     attr.sample_type = sample_type;
     attr.set_disabled(1);
+    open_on_thread(&mut attr, tid)
+}
+
+/// `perf_event_open` of `attr` on thread `tid` (0: self), any CPU, close
+/// on exec.
+fn open_on_thread(attr: &mut sys::perf_event_attr, tid: u32) -> io::Result<OwnedFd> {
     let pid = libc::pid_t::try_from(tid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: attr is initialised and outlives the call; the flags ask for
     // a close-on-exec fd.
     let fd = unsafe {
-        perf_event_open_sys::perf_event_open(&mut attr, pid, -1, -1, sys::PERF_FLAG_FD_CLOEXEC as _)
+        perf_event_open_sys::perf_event_open(attr, pid, -1, -1, sys::PERF_FLAG_FD_CLOEXEC as _)
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
