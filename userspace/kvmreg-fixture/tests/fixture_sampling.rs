@@ -57,7 +57,7 @@ fn guest_samples_land_on_the_right_guest_and_function() {
         Err(e) => panic!("{e}"),
     };
     assert_eq!(
-        sampler.attribution == kvmreg::perf::Attribution::GuestId,
+        sampler.attribution() == kvmreg::perf::Attribution::GuestId,
         kvmreg::perf::probe_guest_id()
     );
     let attr = Attributor::new(&guests);
@@ -82,9 +82,10 @@ fn guest_samples_land_on_the_right_guest_and_function() {
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!(
         "modes {modes:?} per guest/function {per_guest_fn:?} lost {} bad {}",
-        sampler.lost, sampler.bad_records
+        sampler.lost(),
+        sampler.bad_records()
     );
-    assert_eq!(sampler.bad_records, 0);
+    assert_eq!(sampler.bad_records(), 0);
     let total: u64 = modes.values().sum();
     assert!(
         total >= 100,

@@ -192,6 +192,7 @@ pub fn raise_fd_limit() {
 
 /// Why a [`VcpuStatsFile`] gave no sums.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VcpuStatsError {
     /// `ESRCH`/`ENOENT`: the VM is gone. Other errors: the file could not be
     /// read.

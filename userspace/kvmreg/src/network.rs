@@ -196,14 +196,9 @@ impl NetFiles {
         })
     }
 
-    /// How many files this keeps open.
-    pub fn len(&self) -> usize {
+    /// How many files this keeps open (for the tracker's budget).
+    pub(crate) fn open_files(&self) -> usize {
         self.files.len()
-    }
-
-    /// True if it keeps no file open (never, once opened).
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
     }
 }
 
@@ -246,7 +241,7 @@ mod tests {
             std::fs::write(st.join(f), format!("{}\n", 10 + i)).unwrap();
         }
         let mut n = NetFiles::open(&d, "tap0").unwrap();
-        assert_eq!(n.len(), 6);
+        assert_eq!(n.open_files(), 6);
         let c = n.read().unwrap();
         assert_eq!((c.rx_bytes, c.tx_dropped), (10, 15));
         std::fs::write(st.join("tx_bytes"), "garbage").unwrap();

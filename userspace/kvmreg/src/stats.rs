@@ -37,6 +37,7 @@ pub const MAX_DATA_BYTES: u64 = 16 << 20;
 
 /// Why a stats stream could not be parsed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StatsError {
     /// The stream ends before a part that the header or a descriptor
     /// points at.
@@ -47,10 +48,18 @@ pub enum StatsError {
         /// Its length in bytes.
         need: u64,
     },
-    /// The header's `name_size` or `num_desc` is beyond the sanity limits,
-    /// or a `vcpu_stats` stream's data is not whole vCPU blocks.
+    /// The header's `name_size` or `num_desc` is beyond the sanity limits.
     #[error("stats header is implausible: {0}")]
     BadHeader(String),
+    /// A `vcpu_stats` stream's data is not whole vCPU blocks of the
+    /// layout's data length (or that length is 0).
+    #[error("vcpu_stats data of {len} bytes is not whole blocks of {block} bytes")]
+    PartialVcpuBlock {
+        /// Bytes of vCPU data read.
+        len: usize,
+        /// One vCPU's block: the layout's data length.
+        block: usize,
+    },
     /// A descriptor has an empty name, or values that are misaligned or
     /// end beyond [`MAX_DATA_BYTES`].
     #[error("stats descriptor {index} is invalid: {why}")]
@@ -69,6 +78,7 @@ pub enum StatsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
+#[non_exhaustive]
 pub enum StatType {
     /// A counter that only grows (`exits`).
     Cumulative,
@@ -88,6 +98,7 @@ pub enum StatType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
+#[non_exhaustive]
 pub enum StatUnit {
     /// A plain number (events, pages).
     None,
@@ -420,10 +431,10 @@ pub fn data_of<'a>(layout: &Layout, bytes: &'a [u8]) -> Result<&'a [u8], StatsEr
 pub fn vcpu_blocks(layout: &Layout, data: &[u8]) -> Result<(usize, usize), StatsError> {
     let block = usize::try_from(layout.data_len).unwrap_or(usize::MAX);
     if block == 0 || data.len() % block != 0 {
-        return Err(StatsError::BadHeader(format!(
-            "{} bytes of vCPU data are not whole blocks of {block}",
-            data.len()
-        )));
+        return Err(StatsError::PartialVcpuBlock {
+            len: data.len(),
+            block,
+        });
     }
     Ok((block, data.len() / block))
 }
@@ -509,7 +520,10 @@ mod tests {
         assert_eq!(blocks, 0);
         assert!(sums.iter().all(|(_, v)| *v == 0));
         // Half a block is an error, not a guess.
-        assert!(parse_vcpu_sums(&bytes[..bytes.len() - 8]).is_err());
+        assert!(matches!(
+            parse_vcpu_sums(&bytes[..bytes.len() - 8]),
+            Err(StatsError::PartialVcpuBlock { block: 32, .. })
+        ));
         // Whatever the bytes: no panic.
         for cut in 0..bytes.len() {
             let _ = parse_vcpu_sums(&bytes[..cut]);

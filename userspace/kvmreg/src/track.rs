@@ -942,7 +942,7 @@ impl NetState {
     fn files(&self) -> usize {
         self.devices
             .iter()
-            .map(|(_, f)| f.as_ref().map_or(0, NetFiles::len))
+            .map(|(_, f)| f.as_ref().map_or(0, NetFiles::open_files))
             .sum()
     }
 

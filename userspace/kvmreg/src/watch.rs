@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 /// What KVM announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KvmEventKind {
     /// A VM was created (`EVENT=create`).
     Create,

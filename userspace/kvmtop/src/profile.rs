@@ -173,8 +173,8 @@ impl Profiler {
         let t = &self.tally;
         let secs = self.since.elapsed().as_secs_f64();
         self.since = Instant::now();
-        let lost = self.sampler.lost - self.lost_before;
-        self.lost_before = self.sampler.lost;
+        let lost = self.sampler.lost() - self.lost_before;
+        self.lost_before = self.sampler.lost();
         let mut notes = self.notes.clone();
         if t.guest_kernel + t.guest_user == 0 && t.host > 0 {
             notes.push("no guest-mode samples in this interval: without a hardware PMU (or on a kernel without guest-tagged samples) cpu-clock rarely lands in guest mode".into());
@@ -188,7 +188,7 @@ impl Profiler {
             guest_user: t.guest_user,
             host: t.host,
             lost,
-            attribution: self.sampler.attribution.as_str(),
+            attribution: self.sampler.attribution().as_str(),
             functions: t.top(top, &self.syms),
             notes,
         }

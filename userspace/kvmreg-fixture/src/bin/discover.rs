@@ -69,7 +69,7 @@ fn main() {
         }
         v["sampling"] = match kvmreg::perf::Sampler::new(&[g], Default::default()) {
             Ok(s) => {
-                json!({"ok": {"threads": s.threads(), "attribution": format!("{:?}", s.attribution)}})
+                json!({"ok": {"threads": s.threads(), "attribution": format!("{:?}", s.attribution())}})
             }
             Err(e) => json!({"error": e.to_string()}),
         };

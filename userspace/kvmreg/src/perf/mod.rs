@@ -175,15 +175,12 @@ struct Event {
 pub struct Sampler {
     events: Vec<Event>,
     /// The `PERF_SAMPLE_*` bits the events were opened with, which
-    /// [`record::parse`] needs to read their samples.
-    pub sample_type: u64,
-    /// How [`Attributor`] can tie these samples to guests: by the kernel's
-    /// tag where [`probe_guest_id`] found it, else by thread.
-    pub attribution: Attribution,
-    /// Samples the kernel dropped (ring full), from `PERF_RECORD_LOST`.
-    pub lost: u64,
-    /// Records that did not parse.
-    pub bad_records: u64,
+    /// [`record::parse`] needs to read their samples (read-only: a change
+    /// would misread every record).
+    sample_type: u64,
+    attribution: Attribution,
+    lost: u64,
+    bad_records: u64,
 }
 
 /// Sampling parameters.
@@ -274,6 +271,28 @@ impl Sampler {
             lost: 0,
             bad_records: 0,
         })
+    }
+
+    /// The `PERF_SAMPLE_*` bits the events were opened with.
+    pub fn sample_type(&self) -> u64 {
+        self.sample_type
+    }
+
+    /// How [`Attributor`] can tie these samples to guests: by the kernel's
+    /// tag where [`probe_guest_id`] found it, else by thread.
+    pub fn attribution(&self) -> Attribution {
+        self.attribution
+    }
+
+    /// Samples the kernel dropped (ring full), from `PERF_RECORD_LOST`, so
+    /// far.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Records that did not parse, so far.
+    pub fn bad_records(&self) -> u64 {
+        self.bad_records
     }
 
     /// The threads being sampled.

@@ -18,6 +18,7 @@ pub const HEADER_SIZE: usize = 8;
 
 /// Where the CPU was when the sample was taken (`PERF_RECORD_MISC_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum CpuMode {
     /// `PERF_RECORD_MISC_CPUMODE_UNKNOWN`, or a value this crate does not
     /// know.
@@ -92,6 +93,7 @@ pub enum Record {
 
 /// Why a record did not parse.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RecordError {
     /// The record is shorter than a `perf_event_header`.
     #[error("record of {size} bytes is shorter than its header")]

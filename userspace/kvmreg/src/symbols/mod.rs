@@ -21,6 +21,7 @@ pub const MAX_ELF_FILE: u64 = 2 << 30;
 
 /// Why a guest symbol file could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SymbolError {
     /// The file could not be read.
     #[error("{path}: {source}")]
