@@ -15,7 +15,7 @@
 //! that process.
 
 use crate::kept::KeptFile;
-use crate::procfs::ProcRoot;
+use crate::procfs::{ProcRoot, Read, Skip};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -97,24 +97,29 @@ pub fn tun_iff(fdinfo: &str) -> Option<&str> {
 }
 
 /// `/dev/tap<N>` -> N, the macvtap device's ifindex.
-pub fn macvtap_ifindex(link: &Path) -> Option<u32> {
-    link.to_str()?.strip_prefix("/dev/tap")?.parse().ok()
+pub fn macvtap_ifindex(link: &str) -> Option<u32> {
+    link.strip_prefix("/dev/tap")?.parse().ok()
 }
 
 /// The network devices process `pid` holds, from its fd table (one
 /// `readlink` per fd, an fdinfo read per tun fd); sorted, each once.
-/// Needs ptrace-read rights over the process.
+/// Needs ptrace-read rights over the process: a process gone or closed
+/// to the caller is a `NotFound` or `PermissionDenied` error.
 pub fn devices(proc_root: &ProcRoot, sys_root: &Path, pid: u32) -> io::Result<Vec<NetDevice>> {
-    let fd_dir = proc_root.join(format!("{pid}/fd"));
+    let fds = match proc_root.list_numeric(format!("{pid}/fd")) {
+        Read::Ok(f) => f,
+        Read::Skip(Skip::Gone) => return Err(io::ErrorKind::NotFound.into()),
+        Read::Skip(_) => return Err(io::ErrorKind::PermissionDenied.into()),
+        Read::Err(e) => return Err(e),
+    };
     let mut out = Vec::new();
-    for e in std::fs::read_dir(&fd_dir)? {
-        let Ok(e) = e else { continue };
-        let Ok(link) = std::fs::read_link(e.path()) else {
+    for fd in fds {
+        let Read::Ok(link) = proc_root.read_link(format!("{pid}/fd/{fd}")) else {
             continue;
         };
-        if link == Path::new("/dev/net/tun") {
-            let info = proc_root.join(format!("{pid}/fdinfo/{}", e.file_name().to_string_lossy()));
-            if let Some(n) = std::fs::read_to_string(info)
+        if link == "/dev/net/tun" {
+            if let Some(n) = proc_root
+                .read_string(format!("{pid}/fdinfo/{fd}"))
                 .ok()
                 .as_deref()
                 .and_then(tun_iff)
@@ -212,9 +217,9 @@ mod tests {
         assert_eq!(tun_iff(info), Some("tap-web"));
         assert_eq!(tun_iff("pos:\t0\niff:\t\n"), None);
         assert_eq!(tun_iff("pos:\t0\n"), None);
-        assert_eq!(macvtap_ifindex(Path::new("/dev/tap12")), Some(12));
-        assert_eq!(macvtap_ifindex(Path::new("/dev/tapx")), None);
-        assert_eq!(macvtap_ifindex(Path::new("/dev/net/tun")), None);
+        assert_eq!(macvtap_ifindex("/dev/tap12"), Some(12));
+        assert_eq!(macvtap_ifindex("/dev/tapx"), None);
+        assert_eq!(macvtap_ifindex("/dev/net/tun"), None);
     }
 
     #[test]
@@ -254,6 +259,51 @@ mod tests {
         std::fs::write(d.join("class/net/mvt/ifindex"), "7\n").unwrap();
         assert_eq!(name_of_ifindex(&d, 7).as_deref(), Some("mvt"));
         assert_eq!(name_of_ifindex(&d, 8), None);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn devices_from_a_fake_fd_table() {
+        let d = std::env::temp_dir().join(format!("kvmreg-netdev-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let (proc, sys) = (d.join("proc"), d.join("sys"));
+        std::fs::create_dir_all(proc.join("7/fd")).unwrap();
+        std::fs::create_dir_all(proc.join("7/fdinfo")).unwrap();
+        std::fs::create_dir_all(sys.join("class/net/mvt0")).unwrap();
+        std::fs::write(sys.join("class/net/mvt0/ifindex"), "12\n").unwrap();
+        let link = |fd: u32, to: &str| {
+            std::os::unix::fs::symlink(to, proc.join(format!("7/fd/{fd}"))).unwrap()
+        };
+        let info = |fd: u32, text: &str| {
+            std::fs::write(proc.join(format!("7/fdinfo/{fd}")), text).unwrap()
+        };
+        // Two queues of one multiqueue tap, a tun fd not attached yet, a
+        // macvtap, a macvtap of another namespace, and a plain file.
+        link(3, "/dev/net/tun");
+        info(3, "pos:\t0\niff:\ttap-web\n");
+        link(4, "/dev/net/tun");
+        info(4, "pos:\t0\niff:\ttap-web\n");
+        link(5, "/dev/net/tun");
+        info(5, "pos:\t0\n");
+        link(6, "/dev/tap12");
+        link(8, "/dev/tap99");
+        link(9, "/var/lib/img.qcow2");
+        let got = devices(&ProcRoot::new(&proc), &sys, 7).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                NetDevice {
+                    name: "mvt0".into(),
+                    kind: NetKind::Macvtap
+                },
+                NetDevice {
+                    name: "tap-web".into(),
+                    kind: NetKind::Tap
+                },
+            ]
+        );
+        let gone = devices(&ProcRoot::new(&proc), &sys, 8).unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -100,6 +100,13 @@ impl Exits {
         }
     }
 
+    /// Begin a new interval now: what was counted so far is dropped.
+    pub fn restart(&mut self) {
+        self.poll();
+        let _ = self.tracer.take();
+        self.lost_before = self.tracer.lost();
+    }
+
     /// The section of the interval that ends now, `secs` long.
     pub fn section(&mut self, secs: f64) -> ExitSection {
         self.poll();

@@ -99,20 +99,19 @@ impl Reader {
         if self.threads {
             r.threads = read_threads(&mut self.tracker, &r.guests, &r.cpu);
         }
-        if self.storage {
-            // One file a process, whatever the number of its VMs.
+        if self.storage || self.network {
+            // Once a process, whatever the number of its VMs.
             for of_pid in r.guests.chunk_by(|a, b| a.pid == b.pid) {
                 let pid = of_pid[0].pid;
-                if let Ok(b) = self.tracker.storage(pid) {
-                    r.storage.insert(pid, b);
+                if self.storage {
+                    if let Ok(b) = self.tracker.storage(pid) {
+                        r.storage.insert(pid, b);
+                    }
                 }
-            }
-        }
-        if self.network {
-            for of_pid in r.guests.chunk_by(|a, b| a.pid == b.pid) {
-                let pid = of_pid[0].pid;
-                if let Ok(n) = self.tracker.network(pid) {
-                    r.network.insert(pid, n);
+                if self.network {
+                    if let Ok(n) = self.tracker.network(pid) {
+                        r.network.insert(pid, n);
+                    }
                 }
             }
         }

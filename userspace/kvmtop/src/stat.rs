@@ -171,7 +171,7 @@ pub fn run(
     let mut at = Instant::now();
     // Exits count from the same moment as the counters.
     if let Some(e) = &mut exits {
-        let _ = e.section(0.0);
+        e.restart();
     }
     // Without -b (output not a terminal, or --json), print frames until
     // interrupted, as kvm_stat -l does.
@@ -473,7 +473,7 @@ fn run_live(
                 prev = Some((cur, Instant::now()));
                 // Exits count from the same moment as the counters.
                 if let Some(e) = &mut exits {
-                    let _ = e.section(0.0);
+                    e.restart();
                 }
                 first
             }

@@ -259,24 +259,17 @@ impl App {
             self.follow_selection();
             return Action::None;
         }
-        if self.exits.is_some() {
+        // A guest's screen (exits, or a profile) over the overview: only
+        // help and back.
+        if self.exits.is_some() || self.profile.is_some() {
             return match k.code {
                 KeyCode::Char('q') | KeyCode::Esc | KeyCode::Backspace => {
-                    self.exits = None;
-                    Action::CloseExits
-                }
-                KeyCode::Char('?') | KeyCode::Char('h') => {
-                    self.help = true;
-                    Action::None
-                }
-                _ => Action::None,
-            };
-        }
-        if self.profile.is_some() {
-            return match k.code {
-                KeyCode::Char('q') | KeyCode::Esc | KeyCode::Backspace => {
-                    self.profile = None;
-                    Action::CloseProfile
+                    if self.exits.take().is_some() {
+                        Action::CloseExits
+                    } else {
+                        self.profile = None;
+                        Action::CloseProfile
+                    }
                 }
                 KeyCode::Char('?') | KeyCode::Char('h') => {
                     self.help = true;

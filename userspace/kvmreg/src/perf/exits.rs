@@ -36,7 +36,7 @@ pub enum ExitError {
     )]
     NoTracefs,
     /// The tracefs (this mount point) lacks `events/kvm/kvm_exit` or
-    /// `kvm_entry`, or one of their files could not be read.
+    /// `kvm_entry`.
     #[error(
         "{0} has no kvm/kvm_exit and kvm/kvm_entry events: the kvm module is not loaded, or the kernel was built without event tracing (CONFIG_EVENT_TRACING)"
     )]
@@ -340,7 +340,7 @@ pub struct ReasonCount {
 struct Thread {
     tid: u32,
     exit: OwnedFd,
-    _entry: OwnedFd,
+    entry: OwnedFd,
     exit_id: u64,
     entry_id: u64,
     ring: Ring,
@@ -435,7 +435,7 @@ impl ExitTracer {
             threads.push(Thread {
                 tid,
                 exit,
-                _entry: entry,
+                entry,
                 exit_id,
                 entry_id,
                 ring,
@@ -443,7 +443,7 @@ impl ExitTracer {
             });
         }
         for t in &threads {
-            for fd in [&t.exit, &t._entry] {
+            for fd in [&t.exit, &t.entry] {
                 // SAFETY: PERF_EVENT_IOC_ENABLE on a perf fd we own; its
                 // argument (0: this event only) is an integer.
                 if unsafe { perf_event_open_sys::ioctls::ENABLE(fd.as_raw_fd(), 0) } < 0 {
