@@ -18,6 +18,11 @@ pub struct HostTimes {
 }
 
 /// Parse `/proc/stat` text. `None` when the `cpu` line is missing or bad.
+///
+/// Only the `cpu` line, read from a kept-open file once a refresh; not
+/// `procfs::KernelStats`, which parses every line (one per CPU among
+/// them): at one parse a refresh the cost is no reason either way, so the
+/// reason is one dependency less for kvmtop.
 pub fn parse_stat(text: &str) -> Option<HostTimes> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
     let f: Vec<u64> = line
