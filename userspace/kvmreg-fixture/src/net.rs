@@ -127,7 +127,7 @@ fn traffic(mut tun: File, sock: &OwnedFd, ifindex: u32, frames: usize) -> ! {
             let _ = tun.write(&f);
             // Host to guest, every other frame: the device sends it; the
             // VMM reads it.
-            if sent % 2 == 0 {
+            if sent.is_multiple_of(2) {
                 // SAFETY: f and to are valid for the lengths passed.
                 unsafe {
                     libc::sendto(

@@ -313,7 +313,7 @@ pub fn read_layout(src: &mut impl ReadAt) -> Result<Layout, StatsError> {
         if end > MAX_DATA_BYTES {
             return Err(bad(format!("data ends at {end}, beyond {MAX_DATA_BYTES}")));
         }
-        if offset % 8 != 0 {
+        if !offset.is_multiple_of(8) {
             return Err(bad(format!("offset {offset} not 8-byte aligned")));
         }
         data_len = data_len.max(end);
@@ -430,7 +430,7 @@ pub fn data_of<'a>(layout: &Layout, bytes: &'a [u8]) -> Result<&'a [u8], StatsEr
 /// whole blocks `data` holds; a partial block is an error.
 pub fn vcpu_blocks(layout: &Layout, data: &[u8]) -> Result<(usize, usize), StatsError> {
     let block = usize::try_from(layout.data_len).unwrap_or(usize::MAX);
-    if block == 0 || data.len() % block != 0 {
+    if block == 0 || !data.len().is_multiple_of(block) {
         return Err(StatsError::PartialVcpuBlock {
             len: data.len(),
             block,

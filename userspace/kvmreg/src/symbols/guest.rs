@@ -89,7 +89,7 @@ pub fn build_id_from_notes(mut b: &[u8]) -> Option<Vec<u8>> {
 /// A hex build-id as written in a guestmount's `build-id` file.
 pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.is_empty() || s.len() % 2 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
