@@ -14,6 +14,7 @@ pub mod backend;
 pub mod cpu;
 pub mod discover;
 pub mod kept;
+pub mod kvm_uapi;
 pub mod model;
 pub mod network;
 pub mod perf;

@@ -23,8 +23,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 /// `_IO(KVMIO, 0xce)`. Written out here on purpose: kvm-ioctls keeps its
 /// ioctl numbers in a private module and calls this one only on a
 /// `VmFd`/`VcpuFd` it created, while this fd is another process' VM fd
-/// taken with `pidfd_getfd`; kvm-bindings has `KVMIO` but no numbers.
-pub const KVM_GET_STATS_FD: libc::c_ulong = ((kvm_bindings::KVMIO as libc::c_ulong) << 8) | 0xce;
+/// taken with `pidfd_getfd`. `KVMIO` is [`crate::kvm_uapi`]'s.
+pub const KVM_GET_STATS_FD: libc::c_ulong = ((crate::kvm_uapi::KVMIO as libc::c_ulong) << 8) | 0xce;
 
 /// Why a guest's binary stats could not be opened or read, through
 /// [`open`] or [`crate::discover::guest_stats`].
