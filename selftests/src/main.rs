@@ -3,6 +3,7 @@
 
 mod check_series;
 mod cmd;
+mod deny;
 mod deps;
 mod guest;
 mod kernel;
@@ -36,6 +37,9 @@ struct Cli {
 enum Cmd {
     /// Install the Debian packages the harness needs (as root).
     Deps,
+    /// Licences, bans and sources of the dependencies (cargo-deny,
+    /// installed at the version deny.toml is written for if missing).
+    Deny,
     /// Build (or reuse) a kernel and its kselftests.
     Kernel {
         #[arg(long, value_enum, default_value = "fast")]
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
 fn dispatch(cmd: Cmd) -> Result<bool> {
     match cmd {
         Cmd::Deps => deps::run().map(|_| true),
+        Cmd::Deny => deny::run(),
         Cmd::Kernel { config, base } => {
             let tree = if base { Tree::Base } else { Tree::Patched };
             let k = kernel::build(BuildSpec::for_run(tree, config))?;

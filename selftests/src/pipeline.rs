@@ -6,7 +6,7 @@ use crate::qemu::{self, RunResult};
 use crate::series::Series;
 use crate::suites::{self, Plan};
 use crate::tap::{Outcome, TestPoint};
-use crate::{check_series, cmd, deps, paths};
+use crate::{check_series, cmd, deny, deps, paths};
 use anyhow::{bail, Result};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -142,6 +142,7 @@ pub fn test_all() -> Result<bool> {
             "warnings",
         ])
     });
+    step(&mut log, "cargo deny", deny::run);
     step(&mut log, "cargo test (host)", || {
         let (ok, points) = host_tests()?;
         unchecked("host", &points, &mut skipped);
