@@ -1,9 +1,9 @@
 //! The kvmreg test harness: builds the patched kernel, boots it under QEMU
 //! and runs the suites. See `selftests/README.md` and `cargo xtask --help`.
 
+mod cargo_tools;
 mod check_series;
 mod cmd;
-mod deny;
 mod deps;
 mod guest;
 mod kernel;
@@ -40,6 +40,9 @@ enum Cmd {
     /// Licences, bans and sources of the dependencies (cargo-deny,
     /// installed at the version deny.toml is written for if missing).
     Deny,
+    /// kvmreg's public API against the commit that set its version
+    /// (cargo-semver-checks, installed if missing).
+    Semver,
     /// Build (or reuse) a kernel and its kselftests.
     Kernel {
         #[arg(long, value_enum, default_value = "fast")]
@@ -95,7 +98,8 @@ fn main() -> ExitCode {
 fn dispatch(cmd: Cmd) -> Result<bool> {
     match cmd {
         Cmd::Deps => deps::run().map(|_| true),
-        Cmd::Deny => deny::run(),
+        Cmd::Deny => cargo_tools::deny(),
+        Cmd::Semver => cargo_tools::semver(),
         Cmd::Kernel { config, base } => {
             let tree = if base { Tree::Base } else { Tree::Patched };
             let k = kernel::build(BuildSpec::for_run(tree, config))?;

@@ -6,7 +6,7 @@ use crate::qemu::{self, RunResult};
 use crate::series::Series;
 use crate::suites::{self, Plan};
 use crate::tap::{Outcome, TestPoint};
-use crate::{check_series, cmd, deny, deps, paths};
+use crate::{cargo_tools, check_series, cmd, deps, paths};
 use anyhow::{bail, Result};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -19,6 +19,28 @@ fn build_payloads() -> Result<()> {
             // Every binary of the workspace: the harness's payloads, the
             // fixture VMM and the tools the demo runs in the test VM.
             .args(["build", "--quiet", "--workspace", "--bins"]),
+    )?;
+    build_real_guest_root()
+}
+
+/// The real-guest suite's nested guest root: a directory with `/init`
+/// (`selftests/payloads/real_guest_init.c`, no libc) and the mount points
+/// the kernel fills (devtmpfs on `/dev`).
+fn build_real_guest_root() -> Result<()> {
+    let root = suites::real_guest_root();
+    for d in ["dev", "proc", "sys"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    let src = paths::repo_root().join("selftests/payloads/real_guest_init.c");
+    cmd::run(
+        Command::new("gcc")
+            .args(["-static", "-nostdlib", "-O1", "-Wall", "-Werror"])
+            // No vector registers (nothing to set up without libc), no
+            // stack protector (no TLS), a fixed address (no relocation).
+            .args(["-mgeneral-regs-only", "-fno-stack-protector"])
+            .args(["-fno-pie", "-no-pie", "-o"])
+            .arg(root.join("init"))
+            .arg(src),
     )
 }
 
@@ -142,7 +164,12 @@ pub fn test_all() -> Result<bool> {
             "warnings",
         ])
     });
-    step(&mut log, "cargo deny", deny::run);
+    step(&mut log, "cargo deny", cargo_tools::deny);
+    step(
+        &mut log,
+        "cargo semver-checks (kvmreg)",
+        cargo_tools::semver,
+    );
     step(&mut log, "cargo test (host)", || {
         let (ok, points) = host_tests()?;
         unchecked("host", &points, &mut skipped);
@@ -205,6 +232,18 @@ pub fn test_all() -> Result<bool> {
                 1,
                 true,
             )?)
+        },
+    );
+    // Its own boot: the nested Linux guest needs a one-CPU test VM.
+    step(
+        &mut log,
+        "run --config fast real-guest (one-CPU test VM)",
+        || {
+            let r = run_built(Config::Fast, Tree::Patched, &["real-guest".into()], 1, true)?;
+            qemu::report(&r);
+            unchecked("test VM, real guest", &r.points, &mut skipped);
+            failed_points("test VM, real guest", &r.points, &mut failures);
+            Ok(passed(&r))
         },
     );
     let Ok(runs) = beside.join() else {

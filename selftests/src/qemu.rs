@@ -50,8 +50,27 @@ fn memory(config: Config) -> String {
 }
 
 /// The test VM's CPUs: 2, or `KVMREG_CPUS` (1 to 16) for a benchmark that
-/// must tell contention for the test VM's CPUs from what a tool does.
-fn cpus() -> Result<String> {
+/// must tell contention for the test VM's CPUs from what a tool does; 1
+/// for suites that need it ([`crate::suites::SuiteRun::one_cpu`]), which
+/// then cannot share a boot with others.
+fn cpus(plan: &Plan) -> Result<String> {
+    let one = plan.suites.iter().filter(|s| s.one_cpu).count();
+    if one > 0 {
+        if one < plan.suites.len() {
+            let names: Vec<_> = plan
+                .suites
+                .iter()
+                .filter(|s| s.one_cpu)
+                .map(|s| s.name.as_str())
+                .collect();
+            bail!(
+                "{} need a one-CPU test VM: run them on their own (cargo xtask run {})",
+                names.join(", "),
+                names.join(" ")
+            );
+        }
+        return Ok("1".into());
+    }
     match std::env::var("KVMREG_CPUS") {
         Err(_) => Ok("2".into()),
         Ok(n) => match n.parse::<u32>() {
@@ -167,7 +186,7 @@ pub fn run(kernel: &Kernel, mut plan: Plan, quiet: bool) -> Result<RunResult> {
         "-cpu",
         "max",
         "-smp",
-        &cpus()?,
+        &cpus(&plan)?,
         "-m",
         &memory(kernel.config),
     ])

@@ -38,6 +38,11 @@ pub struct SuiteRun {
     /// The output is a Rust test binary's (libtest), not TAP.
     #[serde(default)]
     pub libtest: bool,
+    /// The suite needs a test VM of one CPU: it boots a nested Linux
+    /// guest, which QEMU's TCG (running several vCPUs in turn on one
+    /// thread) delivers interrupts to wrongly (Documentation/real-guest.md).
+    #[serde(default)]
+    pub one_cpu: bool,
 }
 
 /// What the guest leaves in `summary.json`.
@@ -62,6 +67,10 @@ pub const KNOWN: &[(&str, &str)] = &[
     (
         "qemu-client",
         "Debian's qemu shows up in /proc/kvm and is renamed through /proc (patched kernel)",
+    ),
+    (
+        "real-guest",
+        "a Linux guest (the fast kernel) nested in a one-CPU test VM, named through /proc, watched and profiled by kvmtop through a user phase and a kernel phase (patched fast kernel)",
     ),
     (
         "libvirt-hook",
@@ -190,6 +199,29 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
             }
             "lkdtm" => runs.push(script("lkdtm", "lkdtm.sh", 60)),
             "qemu-client" => runs.push(script("qemu-client", "qemu_client.sh", 120)),
+            "real-guest" => {
+                if kernel.config != Config::Fast {
+                    bail!("real-guest boots the fast kernel as its nested guest: run it with --config fast");
+                }
+                let mut run = script("real-guest", "real_guest.sh", 420);
+                let build = kernel
+                    .bzimage
+                    .ancestors()
+                    .nth(4)
+                    .context("the kernel image is not in a build tree")?;
+                run.argv.extend(
+                    [
+                        kernel.bzimage.clone(),
+                        build.join("System.map"),
+                        real_guest_root(),
+                        debug_bins()?,
+                    ]
+                    .iter()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                );
+                run.one_cpu = true;
+                runs.push(run);
+            }
             "rust" => runs.extend(
                 rust_tests(kernel)?
                     .into_iter()
@@ -405,6 +437,12 @@ fn rust_tests(kernel: &Kernel) -> Result<Vec<SuiteRun>> {
 }
 
 /// A shell script from `selftests/payloads/`, run with `/bin/sh`.
+/// The nested guest's root directory of the `real-guest` suite (its
+/// `/init` is built with the payloads).
+pub fn real_guest_root() -> PathBuf {
+    crate::paths::build_dir().join("real-guest").join("root")
+}
+
 fn script(name: &str, file: &str, timeout_secs: u64) -> SuiteRun {
     let path = crate::paths::repo_root()
         .join("selftests/payloads")
@@ -422,6 +460,7 @@ fn simple(name: &str, exe: PathBuf, timeout_secs: u64) -> SuiteRun {
         verdict: None,
         kselftest_exit_codes: false,
         libtest: false,
+        one_cpu: false,
     }
 }
 
