@@ -12,7 +12,7 @@
 # $1 the kernel image, $2 its System.map, $3 the guest's root directory
 # (its /init), $4 the directory holding kvmtop.
 echo "TAP version 13"
-echo "1..10"
+echo "1..11"
 
 . "$(dirname "$0")/tap.sh"
 
@@ -125,6 +125,11 @@ if profile user; then
 		judge user 'f["guest_user"] >= 0.8 * g'
 	check "samples tagged with the guest's VM (PERF_SAMPLE_GUEST_ID)" \
 		judge user 'f["attribution"] == "guest-id" and f["id"] == '"$id"
+	# The init's user_spin() and the symbol after it, from its symbols.
+	span=$(nm -n "$root/init" | awk '$3 == "user_spin" { a = $1; next } a && !b { b = $1 } END { print a, b }')
+	echo "# user_spin: $span"
+	check "user phase: the hottest row is a guest user address in the init's user_spin()" \
+		judge user 'f["functions"][0]["module"] == "[guest user]" and int("'"${span% *}"'", 16) <= int(f["functions"][0]["symbol"], 16) < int("'"${span#* }"'", 16)'
 	# CPU, exits and memory while it spins, from the overview that ran
 	# beside the profile.
 	check "kvmtop shows it busy in guest mode, with exits and its 128 MiB" \
@@ -143,6 +148,7 @@ PY
 else
 	not_ok "user phase profiled"
 	not_ok "samples tagged with the guest's VM (PERF_SAMPLE_GUEST_ID)"
+	not_ok "user phase: the hottest row in user_spin()"
 	not_ok "kvmtop shows it busy in guest mode"
 	console_tail
 fi

@@ -5,7 +5,7 @@
 use crate::cli::{BatchArgs, SymbolArgs};
 use crate::guests;
 use crate::out::emit;
-use kvmreg::perf::profile::Functions;
+use kvmreg::perf::profile::{AddrCounts, Functions};
 use kvmreg::perf::record::{CpuMode, Sample};
 use kvmreg::perf::{Attributor, Sampler, SamplerConfig};
 use kvmreg::symbols::guest::{self as gsym, GuestSymbols};
@@ -55,7 +55,13 @@ pub struct Tally {
     pub guest_user: u64,
     pub host: u64,
     functions: Functions,
+    /// Guest user samples by address: the symbols are the guest kernel's,
+    /// which say nothing of a guest process' code.
+    user: AddrCounts,
 }
+
+/// Distinct guest user addresses a tally keeps rows for (then summed).
+const USER_ADDRESSES: usize = 4096;
 
 impl Tally {
     /// A tally for the symbols `syms` (sized for its slots).
@@ -65,6 +71,7 @@ impl Tally {
             guest_user: 0,
             host: 0,
             functions: Functions::new(syms),
+            user: AddrCounts::new(USER_ADDRESSES),
         }
     }
 
@@ -72,14 +79,16 @@ impl Tally {
     #[inline]
     pub fn add(&mut self, mode: CpuMode, ip: u64, syms: &impl Symbolizer) {
         match mode {
-            CpuMode::GuestKernel => self.guest_kernel += 1,
-            CpuMode::GuestUser => self.guest_user += 1,
-            _ => {
-                self.host += 1;
-                return;
+            CpuMode::GuestKernel => {
+                self.guest_kernel += 1;
+                self.functions.add(syms.slot(ip), ip);
             }
+            CpuMode::GuestUser => {
+                self.guest_user += 1;
+                self.user.add(ip);
+            }
+            _ => self.host += 1,
         }
-        self.functions.add(syms.slot(ip), ip);
     }
 
     /// Start the next interval, keeping the memory.
@@ -88,25 +97,51 @@ impl Tally {
         self.guest_user = 0;
         self.host = 0;
         self.functions.clear();
+        self.user.clear();
     }
 
     /// The `n` hottest functions, ties by name, with the hottest source
     /// line of each where `syms` has lines.
     pub fn top(&self, n: usize, syms: &impl Symbolizer) -> Vec<Hot> {
         let total = (self.guest_kernel + self.guest_user).max(1) as f64;
-        self.functions
-            .top(n, syms)
-            .into_iter()
-            .map(|r| Hot {
-                pct: 100.0 * r.samples as f64 / total,
-                symbol: r.symbol,
-                module: r.module,
-                source: r.source,
-                samples: r.samples,
-            })
-            .collect()
+        let kernel = self.functions.top(n, syms).into_iter().map(|r| Hot {
+            pct: 100.0 * r.samples as f64 / total,
+            symbol: r.symbol,
+            module: r.module,
+            source: r.source,
+            samples: r.samples,
+        });
+        let user_row = |symbol: String, samples: u64| Hot {
+            pct: 100.0 * samples as f64 / total,
+            symbol,
+            module: Some(USER_ROW.into()),
+            source: None,
+            samples,
+        };
+        let user = self
+            .user
+            .iter()
+            .map(|(ip, n)| user_row(format!("{ip:#x}"), n))
+            .chain((self.user.other > 0).then(|| {
+                user_row(
+                    kvmreg::perf::profile::OTHER_ADDRESSES.into(),
+                    self.user.other,
+                )
+            }));
+        let mut rows: Vec<Hot> = kernel.chain(user).collect();
+        rows.sort_by(|a, b| {
+            b.samples
+                .cmp(&a.samples)
+                .then_with(|| a.symbol.cmp(&b.symbol))
+                .then_with(|| a.module.cmp(&b.module))
+        });
+        rows.truncate(n);
+        rows
     }
 }
+
+/// The module column of a row of guest user addresses.
+pub const USER_ROW: &str = "[guest user]";
 
 /// A running profile of one guest.
 pub struct Profiler {
@@ -349,11 +384,48 @@ mod tests {
         assert_eq!(top[0].source.as_deref(), Some("guest.S:7"));
         assert!((top[0].pct - 75.0).abs() < 1e-9);
         assert_eq!(top[1].symbol, "0x9000");
+        assert_eq!(top[1].module.as_deref(), Some(USER_ROW));
         assert_eq!(top[2].symbol, "hot_b");
         assert_eq!(top[2].source.as_deref(), Some("guest.S:20"));
         assert_eq!(t.top(1, &Fake).len(), 1);
         t.clear();
         assert!(t.top(10, &Fake).is_empty());
+    }
+
+    #[test]
+    fn guest_user_samples_are_not_resolved_against_kernel_symbols() {
+        let mut t = Tally::new(&Fake);
+        // 0x1100 is hot_a's to the (kernel) symbols, but a user process'
+        // code there is not hot_a.
+        t.add(CpuMode::GuestUser, 0x1100, &Fake);
+        t.add(CpuMode::GuestUser, 0x1100, &Fake);
+        t.add(CpuMode::GuestKernel, 0x1100, &Fake);
+        t.add(CpuMode::GuestKernel, 0xffff_ffff_9000_0000, &Fake);
+        let top = t.top(10, &Fake);
+        let row = |s: &str| top.iter().find(|h| h.symbol == s).cloned();
+        let user = row("0x1100").expect("a row for the user address");
+        assert_eq!((user.samples, user.module.as_deref()), (2, Some(USER_ROW)));
+        assert_eq!(row("hot_a").map(|h| h.samples), Some(1));
+        // An unresolved kernel address is not called user code.
+        assert_eq!(row("0xffffffff90000000").map(|h| h.module), Some(None));
+        let text = text(&ProfileFrame {
+            guest: "g".into(),
+            id: Some(1),
+            pid: 1,
+            interval_s: 1.0,
+            guest_kernel: t.guest_kernel,
+            guest_user: t.guest_user,
+            host: 0,
+            lost: 0,
+            attribution: "guest-id",
+            functions: top,
+            notes: vec![],
+        });
+        assert!(
+            text.lines()
+                .any(|l| l.contains("0x1100") && l.contains(USER_ROW)),
+            "{text}"
+        );
     }
 
     /// The tally before this one: a `Resolved` (two strings, and DWARF's
