@@ -12,7 +12,7 @@
 # $1 the kernel image, $2 its System.map, $3 the guest's root directory
 # (its /init), $4 the directory holding kvmtop.
 echo "TAP version 13"
-echo "1..11"
+echo "1..12"
 
 . "$(dirname "$0")/tap.sh"
 
@@ -80,6 +80,14 @@ else
 	exit 1
 fi
 
+python3 - "$map" "$work/wrong.map" <<'PY'
+import sys
+with open(sys.argv[1]) as f, open(sys.argv[2], "w") as out:
+    for line in f:
+        a, rest = line.split(" ", 1)
+        out.write(f"{int(a, 16) + (1 << 30):016x} {rest}")
+PY
+
 # profile PHASE: a 6 s profile of the guest once its init says PHASE, as
 # JSON in $work/PHASE.json; the top rows as comments.
 profile() {
@@ -90,6 +98,12 @@ profile() {
 	ov=
 	if [ "$1" = user ]; then
 		"$kvmtop" -b -n 3 -d 2 --json > "$work/top.json" 2>&1 &
+		ov=$!
+	else
+		# Beside it, a profile with the same map moved by 1 GiB: symbols
+		# that do not match the running guest.
+		"$kvmtop" profile -g real --guestkallsyms "$work/wrong.map" -b -n 1 -d 6 --json \
+			> "$work/wrong.json" 2>&1 &
 		ov=$!
 	fi
 	"$kvmtop" profile -g real --guestkallsyms "$map" -b -n 1 -d 6 --json --top 8 \
@@ -162,9 +176,12 @@ if profile kernel; then
 		judge kernel 'f["guest_kernel"] >= 0.8 * g'
 	check "kernel phase: the read-from-/dev/zero path holds at least half the guest kernel's samples" \
 		judge kernel 'sum(h["samples"] for h in f["functions"] if re.search(r"zero|clear|stos|read|entry_SYSCALL|syscall", h["symbol"])) >= 0.5 * f["guest_kernel"]'
+	check "symbols that do not match the guest get a note; the right ones none" \
+		judge kernel 'not any("outside every symbol" in n for n in f["notes"]) and any("outside every symbol" in n for n in json.load(open("'"$work/wrong.json"'"))["notes"])'
 else
 	not_ok "kernel phase profiled"
 	not_ok "kernel phase: the read path"
+	not_ok "symbols that do not match the guest get a note"
 	console_tail
 fi
 

@@ -54,6 +54,8 @@ pub struct Tally {
     pub guest_kernel: u64,
     pub guest_user: u64,
     pub host: u64,
+    /// Guest kernel samples no symbol covers.
+    pub kernel_unresolved: u64,
     functions: Functions,
     /// Guest user samples by address: the symbols are the guest kernel's,
     /// which say nothing of a guest process' code.
@@ -70,6 +72,7 @@ impl Tally {
             guest_kernel: 0,
             guest_user: 0,
             host: 0,
+            kernel_unresolved: 0,
             functions: Functions::new(syms),
             user: AddrCounts::new(USER_ADDRESSES),
         }
@@ -81,7 +84,9 @@ impl Tally {
         match mode {
             CpuMode::GuestKernel => {
                 self.guest_kernel += 1;
-                self.functions.add(syms.slot(ip), ip);
+                let slot = syms.slot(ip);
+                self.kernel_unresolved += u64::from(slot.is_none());
+                self.functions.add(slot, ip);
             }
             CpuMode::GuestUser => {
                 self.guest_user += 1;
@@ -96,6 +101,7 @@ impl Tally {
         self.guest_kernel = 0;
         self.guest_user = 0;
         self.host = 0;
+        self.kernel_unresolved = 0;
         self.functions.clear();
         self.user.clear();
     }
@@ -138,6 +144,24 @@ impl Tally {
         rows.truncate(n);
         rows
     }
+}
+
+/// Guest kernel samples below which [`mismatch_note`] says nothing: too
+/// few to judge the symbols by.
+const MISMATCH_MIN_SAMPLES: u64 = 50;
+
+/// A note when most guest kernel samples fall outside every symbol given:
+/// symbols of another build, or of the right build without the running
+/// guest's KASLR offset, would give that; the symbols of the running
+/// kernel cover its text (outside it are only a module loaded after the
+/// symbols were copied, or firmware).
+pub fn mismatch_note(t: &Tally, have_symbols: bool) -> Option<String> {
+    (have_symbols && t.guest_kernel >= MISMATCH_MIN_SAMPLES && 2 * t.kernel_unresolved > t.guest_kernel).then(|| {
+        format!(
+            "{} of {} guest kernel samples fall outside every symbol given: the symbols are probably not the running guest's (another build, or a KASLR offset not applied), so the rows are addresses, not functions",
+            t.kernel_unresolved, t.guest_kernel
+        )
+    })
 }
 
 /// The module column of a row of guest user addresses.
@@ -214,6 +238,7 @@ impl Profiler {
         if t.guest_kernel + t.guest_user == 0 && t.host > 0 {
             notes.push("no guest-mode samples in this interval: without a hardware PMU (or on a kernel without guest-tagged samples) cpu-clock rarely lands in guest mode".into());
         }
+        notes.extend(mismatch_note(t, self.syms.slots() > 0));
         ProfileFrame {
             guest: self.guest.label_for(crate::guests::viewer()),
             id: self.guest.id,
@@ -426,6 +451,36 @@ mod tests {
                 .any(|l| l.contains("0x1100") && l.contains(USER_ROW)),
             "{text}"
         );
+    }
+
+    #[test]
+    fn symbols_that_miss_most_kernel_samples_get_a_note() {
+        let mut t = Tally::new(&Fake);
+        for k in 0..60 {
+            // Two thirds outside every symbol of Fake.
+            let ip = if k % 3 == 0 {
+                0x1100
+            } else {
+                0xffff_ffff_8100_0000 + k
+            };
+            t.add(CpuMode::GuestKernel, ip, &Fake);
+        }
+        assert_eq!(t.kernel_unresolved, 40);
+        let note = mismatch_note(&t, true).expect("a note");
+        assert!(note.starts_with("40 of 60 guest kernel samples"), "{note}");
+        // Not without symbols (nothing to mismatch), nor on few samples,
+        // nor when most resolve.
+        assert_eq!(mismatch_note(&t, false), None);
+        t.clear();
+        for _ in 0..10 {
+            t.add(CpuMode::GuestKernel, 0xffff_ffff_8100_0000, &Fake);
+        }
+        assert_eq!(mismatch_note(&t, true), None);
+        for _ in 0..100 {
+            t.add(CpuMode::GuestKernel, 0x1200, &Fake);
+            t.add(CpuMode::GuestUser, 0x9000, &Fake);
+        }
+        assert_eq!(mismatch_note(&t, true), None);
     }
 
     /// The tally before this one: a `Resolved` (two strings, and DWARF's
