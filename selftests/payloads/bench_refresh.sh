@@ -12,11 +12,15 @@
 #
 # $1: directory of the project's (release) binaries; $2 "exits": the
 # exits measurement alone (`cargo xtask run bench-exits`, e.g. with
-# KVMREG_CPUS=4).
+# KVMREG_CPUS=4); $2 "floor": the refresh against its floor alone, with
+# more rounds, at 100 idle and 100 busy guests (`cargo xtask run
+# bench-floor`).
 bin=$1
 echo "TAP version 13"
 if [ "$2" = exits ]; then
 	echo "1..1"
+elif [ "$2" = floor ]; then
+	echo "1..2"
 else
 	echo "1..3"
 fi
@@ -39,6 +43,11 @@ bench() {
 if [ "$2" = exits ]; then
 	bench "the exits kvmtop adds ($(nproc) CPUs)" \
 		--exits-only --exits-guests 3 --exits-busy 50
+	exit 0
+fi
+if [ "$2" = floor ]; then
+	bench "100 idle guests, 25 rounds" --guests 100 --busy 0 --rounds 25
+	bench "100 guests busy 1%, 15 rounds" --guests 100 --busy 1 --rounds 15
 	exit 0
 fi
 bench "100 idle guests, and the exits kvmtop adds" \

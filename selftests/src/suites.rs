@@ -117,6 +117,14 @@ pub const KNOWN: &[(&str, &str)] = &[
         "benchmark, not a test: kvmtop's refresh vs its floor (CPU, system calls, interval), exits it adds, .list vs fd scan; 100 and 1000 qemu-shaped guests (patched kernel; KVMREG_MEMORY=6G)",
     ),
     (
+        "bench-floor",
+        "benchmark, not a test: kvmtop's refresh against its floor alone, 25 and 15 rounds at 100 idle and 100 busy guests, to decide what bench-refresh's fewer rounds leave undecided (patched kernel)",
+    ),
+    (
+        "trace-exits",
+        "investigation, not a test: traces where the interrupt exits of guests a kvmtop profile does not sample come from (debug kernel; trace_exits_summary.py reads the traces)",
+    ),
+    (
         "bench-exits",
         "benchmark, not a test: the exits kvmtop adds to running guests alone, as bench-refresh measures them (patched kernel; KVMREG_CPUS=4 tells contention for the test VM's CPUs from the tool)",
     ),
@@ -272,6 +280,24 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                 let mut run = script("bench-refresh", "bench_refresh.sh", 3600);
                 run.argv
                     .push(release_bins()?.to_string_lossy().into_owned());
+                runs.push(run);
+            }
+            "trace-exits" => {
+                if kernel.config != Config::Debug {
+                    bail!("trace-exits needs event tracing, which only the debug kernel has: run it with --config debug");
+                }
+                let mut run = script("trace-exits", "trace_exits.sh", 1500);
+                run.argv
+                    .push(release_bins()?.to_string_lossy().into_owned());
+                // Seconds a window, rounds.
+                run.argv.extend(["5".to_string(), "3".to_string()]);
+                runs.push(run);
+            }
+            "bench-floor" => {
+                let mut run = script("bench-floor", "bench_refresh.sh", 1800);
+                run.argv
+                    .push(release_bins()?.to_string_lossy().into_owned());
+                run.argv.push("floor".into());
                 runs.push(run);
             }
             "bench-exits" => {
