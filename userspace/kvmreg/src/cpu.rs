@@ -65,7 +65,7 @@ pub fn page_size() -> u64 {
 ///
 /// Hand-written, not `procfs::process::Stat`: a refresh parses one line
 /// per vCPU thread of every guest, and `procfs` parses all 52 fields, at
-/// 6.8 times the cost (module [`crate::procfs`] has the figures).
+/// 7.1 times the cost (module [`crate::procfs`] has the figures).
 pub fn parse_stat(line: &str) -> Result<ThreadTimes, StatError> {
     let open = line.find('(').ok_or(StatError("no '('"))?;
     // The last ')' ends the comm. The kernel's comm is at most 64 bytes and

@@ -11,9 +11,9 @@
 //! a discovery looks at, or every thread on every refresh, where `procfs`
 //! parses every field into a struct. Measured on the same bytes
 //! (`cargo bench -p kvmreg-fixture --bench proc_parsers`,
-//! Documentation/benchmarks.md): a thread's `stat` 6.8x the time of
-//! [`crate::cpu::parse_stat`] (about 3 us against 0.45), a `status` 80x
-//! [`uid_from_status`] (28 us against 0.37). The command line
+//! Documentation/benchmarks.md): a thread's `stat` 7.1x the time of
+//! [`crate::cpu::parse_stat`] (1.2 us against 0.17), a `status` 80x
+//! [`uid_from_status`] (21 us against 0.25). The command line
 //! ([`parse_cmdline`]) is a split at NUL bytes, which `procfs` does the
 //! same way: not worth a dependency.
 
