@@ -276,12 +276,7 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                     2400,
                 ));
             }
-            "bench-refresh" => {
-                let mut run = script("bench-refresh", "bench_refresh.sh", 3600);
-                run.argv
-                    .push(release_bins()?.to_string_lossy().into_owned());
-                runs.push(run);
-            }
+            "bench-refresh" => runs.push(refresh_bench("bench-refresh", None, 3600)?),
             "trace-exits" => {
                 if kernel.config != Config::Debug {
                     bail!("trace-exits needs event tracing, which only the debug kernel has: run it with --config debug");
@@ -293,20 +288,8 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                 run.argv.extend(["5".to_string(), "3".to_string()]);
                 runs.push(run);
             }
-            "bench-floor" => {
-                let mut run = script("bench-floor", "bench_refresh.sh", 1800);
-                run.argv
-                    .push(release_bins()?.to_string_lossy().into_owned());
-                run.argv.push("floor".into());
-                runs.push(run);
-            }
-            "bench-exits" => {
-                let mut run = script("bench-exits", "bench_refresh.sh", 1200);
-                run.argv
-                    .push(release_bins()?.to_string_lossy().into_owned());
-                run.argv.push("exits".into());
-                runs.push(run);
-            }
+            "bench-floor" => runs.push(refresh_bench("bench-floor", Some("floor"), 1800)?),
+            "bench-exits" => runs.push(refresh_bench("bench-exits", Some("exits"), 1200)?),
             other => {
                 let known: Vec<_> = KNOWN.iter().map(|(n, _)| *n).collect();
                 bail!(
@@ -463,6 +446,16 @@ fn rust_tests(kernel: &Kernel) -> Result<Vec<SuiteRun>> {
 }
 
 /// A shell script from `selftests/payloads/`, run with `/bin/sh`.
+/// A run of `bench_refresh.sh` over the release binaries; `mode` picks a
+/// part of it (`floor`, `exits`) instead of the whole.
+fn refresh_bench(name: &str, mode: Option<&str>, timeout_secs: u64) -> Result<SuiteRun> {
+    let mut run = script(name, "bench_refresh.sh", timeout_secs);
+    run.argv
+        .push(release_bins()?.to_string_lossy().into_owned());
+    run.argv.extend(mode.map(str::to_string));
+    Ok(run)
+}
+
 /// The nested guest's root directory of the `real-guest` suite (its
 /// `/init` is built with the payloads).
 pub fn real_guest_root() -> PathBuf {
