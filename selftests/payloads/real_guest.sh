@@ -88,38 +88,45 @@ with open(sys.argv[1]) as f, open(sys.argv[2], "w") as out:
         out.write(f"{int(a, 16) + (1 << 30):016x} {rest}")
 PY
 
-# profile PHASE: a 6 s profile of the guest once its init says PHASE, as
-# JSON in $work/PHASE.json; the top rows as comments.
-profile() {
-	wait_slow 60 says "PHASE $1" || return 1
+# collect PHASE: once the init says PHASE, a 6 s profile of the guest as
+# JSON in $work/PHASE.json, with beside it (the test VM's one CPU is slow
+# to start tools one after the other) the overview in the user phase and,
+# in the kernel phase, a profile with the map moved by 1 GiB: symbols
+# that do not match the running guest. Only kvmtop runs during a phase;
+# everything is judged after both, so that no check outlasts a phase.
+collect() {
+	wait_slow 90 says "PHASE $1" || return 1
 	sleep 2
-	# The overview runs beside the user phase's profile: the test VM's
-	# one CPU is slow to start tools one after the other.
-	ov=
 	if [ "$1" = user ]; then
 		"$kvmtop" -b -n 3 -d 2 --json > "$work/top.json" 2>&1 &
-		ov=$!
 	else
-		# Beside it, a profile with the same map moved by 1 GiB: symbols
-		# that do not match the running guest.
 		"$kvmtop" profile -g real --guestkallsyms "$work/wrong.map" -b -n 1 -d 6 --json \
 			> "$work/wrong.json" 2>&1 &
-		ov=$!
 	fi
+	beside=$!
 	"$kvmtop" profile -g real --guestkallsyms "$map" -b -n 1 -d 6 --json --top 8 \
-		> "$work/$1.json" 2> "$work/$1.err" || { sed 's/^/#   /' "$work/$1.err"; return 1; }
+		> "$work/$1.json" 2> "$work/$1.err"
+	status=$?
 	# Not a bare wait: qemu is this shell's child too.
-	[ -z "$ov" ] || wait "$ov"
+	wait "$beside"
+	return $status
+}
+collect user
+user=$?
+collect kernel
+kernel=$?
+
+# show PHASE: the profile's totals and top rows, as comments.
+show() {
 	python3 - "$work/$1.json" <<'PY'
 import json, sys
 f = json.load(open(sys.argv[1]))
-g = f["guest_kernel"] + f["guest_user"]
 print(f"#   {f['guest_kernel']} guest kernel, {f['guest_user']} guest user, {f['host']} host samples; attribution {f['attribution']}")
 for h in f["functions"]:
     print(f"#   {h['samples']:6} {h['symbol']}")
 PY
 }
-# judge FILE EXPR: a Python expression over the profile `f` and g, the
+# judge PHASE EXPR: a Python expression over the profile `f` and g, the
 # guest samples.
 judge() {
 	python3 - "$work/$1.json" "$2" <<'PY'
@@ -130,11 +137,12 @@ sys.exit(0 if g >= 100 and eval(sys.argv[2]) else 1)
 PY
 }
 
-# The user phase: the guest's own loop. Under this nesting about 1,600
+# The user phase: the guest's own loop. Under this nesting about 1,500
 # guest samples come in 6 s; a right attribution puts all but the timer
 # tick's few in guest user mode, so 80% leaves room for the tick and for
 # the phase's edges, and a wrong CPL (the first try's 0% user) fails.
-if profile user; then
+if [ $user = 0 ]; then
+	show user
 	check "user phase: at least 80% of the guest's samples in guest user mode" \
 		judge user 'f["guest_user"] >= 0.8 * g'
 	check "samples tagged with the guest's VM (PERF_SAMPLE_GUEST_ID)" \
@@ -144,22 +152,26 @@ if profile user; then
 	echo "# user_spin: $span"
 	check "user phase: the hottest row is a guest user address in the init's user_spin()" \
 		judge user 'f["functions"][0]["module"] == "[guest user]" and int("'"${span% *}"'", 16) <= int(f["functions"][0]["symbol"], 16) < int("'"${span#* }"'", 16)'
-	# CPU, exits and memory while it spins, from the overview that ran
-	# beside the profile.
-	check "kvmtop shows it busy in guest mode, with exits and its 128 MiB" \
+	# CPU, exits and memory while it spins, from the overview beside the
+	# profile. Its vCPU thread is always busy; how much of that is guest
+	# mode depends on how slow the emulated exits are (49-95% seen), so
+	# "busy in guest mode" asks for a busy thread and a good part of it
+	# in the guest.
+	check "kvmtop shows it busy, in guest mode, with exits and its 128 MiB" \
 		python3 - "$work/top.json" <<'PY'
 import json, sys
 frames = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-rows = [r for r in frames[-1]["guests"] if r["name"] == "real"]
+rows = [r for r in frames[-1]["guests"] if r["name"] == "real"] if frames else []
 r = rows[0] if rows else {}
 if not rows:
     print(f"#   kvmtop: {len(frames)} frames, guests of the last: {[(x['name'], x['pid']) for x in frames[-1]['guests']] if frames else None}")
 print("#   kvmtop: " + ", ".join(f"{k} {r.get(k)}" for k in ("cpu_pct", "guest_pct", "exits_per_s", "memory_bytes", "vcpus")))
-sys.exit(0 if r and r["guest_pct"] and r["guest_pct"] > 50
+sys.exit(0 if r and (r["cpu_pct"] or 0) > 80 and (r["guest_pct"] or 0) > 25
          and (r["exits_per_s"] or 0) > 0
          and r["memory_bytes"] and r["memory_bytes"] >= 128 << 20 else 1)
 PY
 else
+	sed 's/^/#   /' "$work/user.err"
 	not_ok "user phase profiled"
 	not_ok "samples tagged with the guest's VM (PERF_SAMPLE_GUEST_ID)"
 	not_ok "user phase: the hottest row in user_spin()"
@@ -171,7 +183,8 @@ fi
 # clearing the user buffer in the guest kernel; the rows that name the
 # read path (the syscall entry, vfs/ksys read, read_iter_zero,
 # iov_iter_zero, the clear/stos routines) must hold most of it.
-if profile kernel; then
+if [ $kernel = 0 ]; then
+	show kernel
 	check "kernel phase: at least 80% of the guest's samples in the guest kernel" \
 		judge kernel 'f["guest_kernel"] >= 0.8 * g'
 	check "kernel phase: the read-from-/dev/zero path holds at least half the guest kernel's samples" \
@@ -179,6 +192,7 @@ if profile kernel; then
 	check "symbols that do not match the guest get a note; the right ones none" \
 		judge kernel 'not any("outside every symbol" in n for n in f["notes"]) and any("outside every symbol" in n for n in json.load(open("'"$work/wrong.json"'"))["notes"])'
 else
+	sed 's/^/#   /' "$work/kernel.err"
 	not_ok "kernel phase profiled"
 	not_ok "kernel phase: the read path"
 	not_ok "symbols that do not match the guest get a note"
@@ -186,9 +200,9 @@ else
 fi
 
 gone() { ! kill -0 $qpid 2>/dev/null; }
-if wait_slow 90 gone && says GUEST-DONE; then
+if wait_slow 120 gone && says GUEST-DONE; then
 	ok "the guest ran both phases and powered off ($(elapsed) s)"
 else
-	not_ok "the guest ran both phases and powered off within 90 s of the kernel phase"
+	not_ok "the guest ran both phases and powered off within 120 s of the checks"
 	console_tail
 fi

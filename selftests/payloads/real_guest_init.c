@@ -47,7 +47,7 @@ static u64 now_ms(void)
 }
 
 /* Seconds each phase lasts, by the guest's clock. */
-#define PHASE_MS 25000
+#define PHASE_MS 30000
 
 /* The user phase's work; noinline so that it has an address of its own. */
 __attribute__((noinline)) static u64 user_spin(u64 n)
