@@ -154,7 +154,7 @@ if [ $user = 0 ]; then
 		judge user 'f["functions"][0]["module"] == "[guest user]" and int("'"${span% *}"'", 16) <= int(f["functions"][0]["symbol"], 16) < int("'"${span#* }"'", 16)'
 	# CPU, exits and memory while it spins, from the overview beside the
 	# profile. Its vCPU thread is always busy; how much of that is guest
-	# mode depends on how slow the emulated exits are (49-95% seen), so
+	# mode depends on how slow the emulated exits are (49-99% seen), so
 	# "busy in guest mode" asks for a busy thread and a good part of it
 	# in the guest.
 	check "kvmtop shows it busy, in guest mode, with exits and its 128 MiB" \
