@@ -13,8 +13,8 @@
 # $1: directory of the project's (release) binaries; $2 "exits": the
 # exits measurement alone (`cargo xtask run bench-exits`, e.g. with
 # KVMREG_CPUS=4); $2 "floor": the refresh against its floor alone, with
-# more rounds, at 100 idle and 100 busy guests (`cargo xtask run
-# bench-floor`).
+# more rounds, at 100 busy and 1,000 idle guests (`KVMREG_MEMORY=6G
+# cargo xtask run bench-floor`; 100 idle guests were decided at 25 rounds).
 bin=$1
 echo "TAP version 13"
 if [ "$2" = exits ]; then
@@ -46,8 +46,9 @@ if [ "$2" = exits ]; then
 	exit 0
 fi
 if [ "$2" = floor ]; then
-	bench "100 idle guests, 25 rounds" --guests 100 --busy 0 --rounds 25
-	bench "100 guests busy 1%, 15 rounds" --guests 100 --busy 1 --rounds 15
+	bench "100 guests busy 1%, 25 rounds" --guests 100 --busy 1 --rounds 25
+	bench "1000 idle guests, 11 rounds" --guests 1000 --busy 0 --rounds 11 \
+		--refreshes 6
 	exit 0
 fi
 bench "100 idle guests, and the exits kvmtop adds" \

@@ -81,6 +81,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "the permission matrix of Documentation/security.md: who lists, reads, renames, what leaks (patched kernel)",
     ),
     (
+        "kvm-stat",
+        "the tree's kvm_stat on the registry: a user's own guests by name, exits moving, no debugfs; totals against debugfs (patched kernel)",
+    ),
+    (
         "rust",
         "the userspace crates' tests (kvmreg, fixture, kvmtop), on the kernel under test",
     ),
@@ -109,6 +113,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "benchmark, not a test: VM enumeration, /proc/kvm vs fd scan vs debugfs vs kvm_stat (patched kernel)",
     ),
     (
+        "bench-kvm-stat",
+        "benchmark, not a test: a kvm_stat refresh with 100 qemu-shaped guests, debugfs against the registry (-r), and naming the guests, in interleaved rounds (patched kernel)",
+    ),
+    (
         "bench-registry",
         "benchmark, not a test: /proc/kvm readdir, .list and lookups vs their floors at 10, 1000 and 4000 VMs (patched kernel)",
     ),
@@ -118,7 +126,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ),
     (
         "bench-floor",
-        "benchmark, not a test: kvmtop's refresh against its floor alone, 25 and 15 rounds at 100 idle and 100 busy guests, to decide what bench-refresh's fewer rounds leave undecided (patched kernel)",
+        "benchmark, not a test: kvmtop's refresh against its floor alone, 25 rounds at 100 busy and 11 at 1000 idle guests, to decide what bench-refresh's fewer rounds leave undecided (patched kernel; KVMREG_MEMORY=6G)",
     ),
     (
         "trace-exits",
@@ -151,6 +159,7 @@ pub fn default_suites(tree: Tree, config: Config) -> Vec<String> {
         if config == Config::Fast {
             suites.push("permissions".into());
             suites.push("libvirt-hook".into());
+            suites.push("kvm-stat".into());
             suites.push("rust".into());
         }
     }
@@ -250,6 +259,13 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                 run.argv.push(hook.to_string_lossy().into_owned());
                 runs.push(run);
             }
+            "kvm-stat" => {
+                let mut run = script("kvm-stat", "kvm_stat.sh", 300);
+                run.argv.push(debug_bins()?.to_string_lossy().into_owned());
+                run.argv
+                    .push(kvm_stat(kernel).to_string_lossy().into_owned());
+                runs.push(run);
+            }
             "demo" => {
                 let mut run = script("demo", "demo.sh", 300);
                 run.argv.push(debug_bins()?.to_string_lossy().into_owned());
@@ -266,6 +282,15 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                 run.argv.push("--kvm-stat".into());
                 run.argv
                     .push(kvm_stat(kernel).to_string_lossy().into_owned());
+                runs.push(run);
+            }
+            "bench-kvm-stat" => {
+                let bins = release_bins()?;
+                let mut run = script("bench-kvm-stat", "kvm_stat_bench.py", 1200);
+                run.argv[0] = "/usr/bin/python3".into();
+                run.argv
+                    .push(kvm_stat(kernel).to_string_lossy().into_owned());
+                run.argv.push(bins.to_string_lossy().into_owned());
                 runs.push(run);
             }
             "bench-registry" => {
@@ -288,7 +313,7 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                 run.argv.extend(["5".to_string(), "3".to_string()]);
                 runs.push(run);
             }
-            "bench-floor" => runs.push(refresh_bench("bench-floor", Some("floor"), 1800)?),
+            "bench-floor" => runs.push(refresh_bench("bench-floor", Some("floor"), 3600)?),
             "bench-exits" => runs.push(refresh_bench("bench-exits", Some("exits"), 1200)?),
             other => {
                 let known: Vec<_> = KNOWN.iter().map(|(n, _)| *n).collect();
