@@ -95,6 +95,10 @@ pub struct Kernel {
     pub modules: Vec<PathBuf>,
     /// Built kselftest binaries, by name relative to selftests/kvm.
     pub kselftests: Vec<(String, PathBuf)>,
+    /// perf from the tree, with the perf-tools series (the patched fast
+    /// kernel only: the `perf-guests` suite runs there).
+    #[serde(default)]
+    pub perf: Option<PathBuf>,
 }
 
 impl BuildSpec {
@@ -441,9 +445,13 @@ pub fn build(spec: BuildSpec) -> Result<Kernel> {
     }
     let built = started.elapsed().as_secs_f64();
     let kselftests = build_kselftests(&tree, &out)?;
+    let perf = (spec.tree == Tree::Patched && spec.config == Config::Fast)
+        .then(|| build_perf(&tree, &out))
+        .transpose()?;
     eprintln!(
-        "kernel: {} built in {built:.0} s, its kselftests in {:.0} s",
+        "kernel: {} built in {built:.0} s, its kselftests{} in {:.0} s",
         spec.dir_name(),
+        if perf.is_some() { " and perf" } else { "" },
         started.elapsed().as_secs_f64() - built
     );
     let kernel = Kernel {
@@ -456,9 +464,69 @@ pub fn build(spec: BuildSpec) -> Result<Kernel> {
         bzimage: out.join("arch/x86/boot/bzImage"),
         modules,
         kselftests,
+        perf,
     };
     fs::write(&manifest, serde_json::to_string_pretty(&kernel)?)?;
     Ok(kernel)
+}
+
+/// What perf is built without: everything its guest features do not need
+/// (no libtraceevent, python, perl, DWARF, BPF, ...), so that it builds in
+/// about 80 s of one CPU from the packages the kernel build needs anyway
+/// (libelf). `perf kvm stat` needs libtraceevent and is not built.
+const PERF_FLAGS: &[&str] = &[
+    "NO_LIBPYTHON=1",
+    "NO_LIBPERL=1",
+    "NO_LIBTRACEEVENT=1",
+    "NO_JEVENTS=1",
+    "NO_LIBBPF=1",
+    "BUILD_BPF_SKEL=0",
+    "NO_SDT=1",
+    "NO_LIBUNWIND=1",
+    "NO_LIBDW_DWARF_UNWIND=1",
+    "NO_DWARF=1",
+    "NO_SLANG=1",
+    "NO_GTK2=1",
+    "NO_LIBNUMA=1",
+    "NO_LIBCAP=1",
+    "NO_LIBBABELTRACE=1",
+    "NO_LIBCRYPTO=1",
+    "NO_LIBZSTD=1",
+    "NO_LZMA=1",
+    "NO_ZLIB=1",
+    "NO_AUXTRACE=1",
+    "NO_LIBPFM4=1",
+    "NO_CAPSTONE=1",
+    "NO_LIBLLVM=1",
+    "NO_DEMANGLE=1",
+    "NO_LIBAUDIT=1",
+    "NO_JVMTI=1",
+    "NO_AIO=1",
+    "NO_LIBDEBUGINFOD=1",
+    "NO_SHELLCHECK=1",
+    "NO_CLANG=1",
+];
+
+/// Builds perf from `tree` into `<out>/perf/` (incrementally) and returns
+/// the binary.
+fn build_perf(tree: &Path, out: &Path) -> Result<PathBuf> {
+    let dir = out.join("perf");
+    fs::create_dir_all(&dir)?;
+    cmd::run(
+        Command::new("make")
+            .arg("-C")
+            .arg(tree.join("tools/perf"))
+            .arg(format!("O={}", dir.display()))
+            // tools/perf starts its own make with -j$(nproc) unless told.
+            .arg(format!("JOBS={}", cmd::jobs()))
+            .args(PERF_FLAGS)
+            .arg("-s"),
+    )?;
+    let perf = dir.join("perf");
+    if !perf.exists() {
+        bail!("the perf build did not produce {}", perf.display());
+    }
+    Ok(perf)
 }
 
 /// The modules the test VM loads: `kvm-amd` (QEMU's `-cpu max` under TCG

@@ -7,7 +7,7 @@ use crate::series::Series;
 use crate::suites::{self, Plan};
 use crate::tap::{Outcome, TestPoint};
 use crate::{cargo_tools, check_series, cmd, deps, paths};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -208,6 +208,7 @@ pub fn test_all() -> Result<bool> {
             ),
         ]
     });
+    let mut fast_dir = None;
     step(&mut log, "run --config fast", || {
         let r = run_suites(
             Config::Fast,
@@ -216,11 +217,20 @@ pub fn test_all() -> Result<bool> {
             1,
             false,
         )?;
+        fast_dir = Some(r.dir.clone());
         qemu::report(&r);
         unchecked("test VM, fast", &r.points, &mut skipped);
         failed_points("test VM, fast", &r.points, &mut failures);
         Ok(passed(&r))
     });
+    step(
+        &mut log,
+        "perf.data of the perf-guests suite names the guests on the host",
+        || {
+            let dir = fast_dir.context("the fast run did not run")?;
+            suites::perf_data_names_guests(&dir)
+        },
+    );
     step(
         &mut log,
         "failures reach the host (canary suite must fail)",

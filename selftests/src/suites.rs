@@ -4,7 +4,7 @@
 //! and judges each suite with [`judge`], so the rules live in one place and
 //! are unit tested on the host.
 
-use crate::kernel::{Config, Kernel, Tree};
+use crate::kernel::{BuildSpec, Config, Kernel, Tree};
 use crate::tap::{self, Outcome, TestPoint};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "the tree's kvm_stat on the registry: a user's own guests by name, exits moving, no debugfs; totals against debugfs (patched kernel)",
     ),
     (
+        "perf-guests",
+        "the tree's perf by guest: --sample-guest-id, the guest table in perf.data, --sort guest and --guests against kvmtop's view, perf kvm --guest-name (patched fast kernel)",
+    ),
+    (
         "rust",
         "the userspace crates' tests (kvmreg, fixture, kvmtop), on the kernel under test",
     ),
@@ -160,6 +164,7 @@ pub fn default_suites(tree: Tree, config: Config) -> Vec<String> {
             suites.push("permissions".into());
             suites.push("libvirt-hook".into());
             suites.push("kvm-stat".into());
+            suites.push("perf-guests".into());
             suites.push("rust".into());
         }
     }
@@ -257,6 +262,15 @@ pub fn expand(names: &[String], kernel: &Kernel) -> Result<Vec<SuiteRun>> {
                 let mut run = script("libvirt-hook", "libvirt_hook.sh", 180);
                 let hook = crate::paths::repo_root().join("contrib/libvirt/qemu");
                 run.argv.push(hook.to_string_lossy().into_owned());
+                runs.push(run);
+            }
+            "perf-guests" => {
+                let Some(perf) = &kernel.perf else {
+                    bail!("perf-guests needs the tree's perf, built with the patched fast kernel only");
+                };
+                let mut run = script("perf-guests", "perf_guests.sh", 300);
+                run.argv.push(debug_bins()?.to_string_lossy().into_owned());
+                run.argv.push(perf.to_string_lossy().into_owned());
                 runs.push(run);
             }
             "kvm-stat" => {
@@ -369,6 +383,43 @@ fn release_bins() -> Result<PathBuf> {
         .and_then(Path::parent)
         .context("cannot tell cargo's target directory from the harness' path")?;
     Ok(target.join("release"))
+}
+
+/// Where the `perf-guests` suite leaves its perf.data, in the run
+/// directory.
+pub const PERF_GUESTS_DATA: &str = "perf-guests.data";
+
+/// Whether perf on the host, whose kernel has no VM registry, names the
+/// guests of the `perf-guests` suite's perf.data (run `dir`) from the file's
+/// own guest table: `perf report --sort guest` must show alpha and beta.
+pub fn perf_data_names_guests(dir: &Path) -> Result<bool> {
+    let data = dir.join(PERF_GUESTS_DATA);
+    if !data.exists() {
+        bail!(
+            "{} is missing: did the perf-guests suite run?",
+            data.display()
+        );
+    }
+    let kernel = crate::kernel::build(BuildSpec::for_run(Tree::Patched, Config::Fast))?;
+    let perf = kernel
+        .perf
+        .context("the patched fast kernel's build has no perf")?;
+    let out = crate::cmd::output(
+        std::process::Command::new(&perf)
+            .arg("report")
+            .arg("-i")
+            .arg(&data)
+            .args(["--sort", "guest", "-n", "--stdio"]),
+    )?;
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    for row in &rows {
+        println!("perf report on the host: {}", row.trim_end());
+    }
+    let named = |g: &str| rows.iter().any(|r| r.split_whitespace().last() == Some(g));
+    Ok(named("alpha") && named("beta"))
 }
 
 /// The upstream kvm_stat script of the tree under test.
