@@ -498,10 +498,12 @@ pub fn run(
     let mut frames = 0u64;
     let mut next = Instant::now() + Duration::from_millis(300).min(delay);
     loop {
-        // With the exits screen open its rings are drained every POLL.
-        let wake = match &tracer {
-            Some(_) => next.min(Instant::now() + crate::exits::POLL),
-            None => next,
+        // With the exits screen or a profile open, their rings are
+        // drained every POLL.
+        let wake = match (&tracer, &profiler) {
+            (Some(_), _) => next.min(Instant::now() + crate::exits::POLL),
+            (None, Some(_)) => next.min(Instant::now() + profile::POLL),
+            (None, None) => next,
         };
         match keys_until(&mut app, &mut term, wake)? {
             Action::Quit => return Ok(()),
@@ -536,6 +538,9 @@ pub fn run(
         }
         if let Some((e, _)) = &mut tracer {
             e.poll();
+        }
+        if let Some(p) = &mut profiler {
+            p.drain();
         }
         if Instant::now() < next {
             continue;
@@ -597,9 +602,16 @@ pub fn run_profile(
     term.draw(|f| draw(f, &app))?;
     let mut frames = 0u64;
     loop {
-        match keys_until(&mut app, &mut term, Instant::now() + delay)? {
-            Action::Quit | Action::CloseProfile => return Ok(()),
-            _ => {}
+        let until = Instant::now() + delay;
+        loop {
+            let wake = until.min(Instant::now() + profile::POLL);
+            if let Action::Quit | Action::CloseProfile = keys_until(&mut app, &mut term, wake)? {
+                return Ok(());
+            }
+            p.drain();
+            if Instant::now() >= until {
+                break;
+            }
         }
         if let Some(s) = &mut app.profile {
             s.frame = Some(p.take(40));

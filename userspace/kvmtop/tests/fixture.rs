@@ -104,6 +104,61 @@ fn batch_json_frames_show_busy_guests_using_cpu() {
     }
 }
 
+/// CPU time of thread `tid` of `pid` so far, in ms (utime + stime).
+fn thread_cpu_ms(pid: u32, tid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 * 1000.0 / kvmreg::cpu::clock_ticks_per_second()
+}
+
+/// A frame longer than a ring holds (a second or two of samples of a busy
+/// vCPU at the 1 ms period) keeps every sample: the rings are drained
+/// between frames, not only at them. cpu-clock samples a thread once per
+/// ms of its CPU time, so the frame's samples follow the vCPU thread's CPU
+/// time (before the fix: a full ring's worth, about 2,700 here, then
+/// nothing, not even counted as lost).
+#[test]
+fn a_long_profile_frame_keeps_its_samples() {
+    if !kvm_usable("a_long_profile_frame_keeps_its_samples") {
+        return;
+    }
+    let fx = Fixture::start(&["longa"], 100);
+    let (pid, tid) = (fx.lines[0].pid, fx.lines[0].tids[0]);
+    let before = thread_cpu_ms(pid, tid);
+    let o = run(&[
+        "profile",
+        "-g",
+        &pid.to_string(),
+        "-b",
+        "-n",
+        "1",
+        "-d",
+        "5",
+        "--json",
+    ]);
+    let cpu_ms = thread_cpu_ms(pid, tid) - before;
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("cannot sample") {
+        eprintln!("NOT CHECKED: perf sampling refused here: {err}");
+        return;
+    }
+    assert!(o.status.success(), "{err}");
+    let f = frames(&o.stdout);
+    let samples = ["host", "guest_kernel", "guest_user"]
+        .iter()
+        .map(|k| f[0][k].as_u64().unwrap_or(0))
+        .sum::<u64>() as f64;
+    // The profile starts a little after the first reading and ends before
+    // the second: a few hundred ms of CPU time it cannot have seen.
+    assert!(
+        samples > 0.8 * (cpu_ms - 500.0),
+        "{samples} samples for {cpu_ms} ms of the vCPU thread's CPU time: {:#}",
+        f[0]
+    );
+}
+
 #[test]
 fn guests_are_picked_by_pid_and_wrong_choices_exit_2() {
     if !kvm_usable("guests_are_picked_by_pid_and_wrong_choices_exit_2") {
