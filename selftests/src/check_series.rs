@@ -42,22 +42,31 @@ pub fn run() -> Result<()> {
                 .args(["am", "-q", "--keep-cr"])
                 .arg(patch),
         )?;
-        let built = cmd::run(
-            Command::new("make")
-                .arg("-C")
-                .arg(&tree)
-                .arg(format!("O={}", out.display()))
-                .arg(format!("-j{}", cmd::jobs()))
-                // vmlinux and modules: what compiling and linking can
-                // break; bzImage would only add compression to each step.
-                .args(["-s", "vmlinux", "modules"]),
-        );
+        let paths = touched(&std::fs::read_to_string(patch)?);
+        let built = match Build::of(&paths) {
+            Build::Kernel => cmd::run(
+                Command::new("make")
+                    .arg("-C")
+                    .arg(&tree)
+                    .arg(format!("O={}", out.display()))
+                    .arg(format!("-j{}", cmd::jobs()))
+                    // vmlinux and modules: what compiling and linking can
+                    // break; bzImage would only add compression to each step.
+                    .args(["-s", "vmlinux", "modules"]),
+            )
+            .map_err(|e| e.context("does not build (KVM=m)")),
+            Build::Perf => kernel::build_perf(&tree, &out)
+                .map(|_| ())
+                .map_err(|e| e.context("perf does not build")),
+            Build::Nothing => Ok(()),
+        };
         println!(
-            "check-series:   built in {:.0} s",
+            "check-series:   {} in {:.0} s",
+            Build::of(&paths).what(),
             started.elapsed().as_secs_f64()
         );
         if let Err(e) = built {
-            problems.push(format!("{name}: does not build (KVM=m): {e:#}"));
+            problems.push(format!("{name}: {e:#}"));
         }
         let out = cmd::capture(
             Command::new("perl")
@@ -110,6 +119,52 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// The files a patch changes, from its `diff --git a/<path> b/<path>` lines.
+fn touched(patch: &str) -> Vec<String> {
+    patch
+        .lines()
+        .filter_map(|l| l.strip_prefix("diff --git a/"))
+        .filter_map(|l| l.split(" b/").next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// What building a patch on its own means: the kernel (vmlinux and
+/// modules) unless it changes only `tools/`; perf if it changes perf or
+/// the tools headers and libraries perf builds from; nothing for other
+/// tools (kvm_stat is a script; the kselftests are built with the kernel
+/// once the series is applied).
+#[derive(Debug, PartialEq)]
+enum Build {
+    Kernel,
+    Perf,
+    Nothing,
+}
+
+impl Build {
+    fn of(paths: &[String]) -> Build {
+        if paths.is_empty() || paths.iter().any(|p| !p.starts_with("tools/")) {
+            Build::Kernel
+        } else if paths.iter().any(|p| {
+            ["tools/perf/", "tools/include/", "tools/lib/"]
+                .iter()
+                .any(|d| p.starts_with(d))
+        }) {
+            Build::Perf
+        } else {
+            Build::Nothing
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Build::Kernel => "kernel built",
+            Build::Perf => "tools only: perf built",
+            Build::Nothing => "tools only, nothing to build (kselftests: with the kernel)",
+        }
+    }
+}
+
 /// `--terse` lines: `<file>:<line>: WARNING:TYPE: message`.
 fn terse_findings(text: &str) -> Vec<series::Finding> {
     text.lines()
@@ -134,4 +189,29 @@ fn debian_first_path() -> std::ffi::OsString {
         dirs.extend(std::env::split_paths(&path));
     }
     std::env::join_paths(dirs).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patch_is_built_as_what_it_touches() {
+        let patch = "Subject: x\n---\n\
+            diff --git a/tools/perf/util/sort.c b/tools/perf/util/sort.c\n\
+            index 1..2 100644\n\
+            diff --git a/tools/perf/Documentation/perf-report.txt b/tools/perf/Documentation/perf-report.txt\n";
+        let paths = touched(patch);
+        assert_eq!(paths[0], "tools/perf/util/sort.c");
+        assert_eq!(Build::of(&paths), Build::Perf);
+        let kvm_stat =
+            touched("diff --git a/tools/kvm/kvm_stat/kvm_stat b/tools/kvm/kvm_stat/kvm_stat\n");
+        assert_eq!(Build::of(&kvm_stat), Build::Nothing);
+        let mixed = touched(
+            "diff --git a/virt/kvm/kvm_main.c b/virt/kvm/kvm_main.c\n\
+             diff --git a/tools/testing/selftests/kvm/x.c b/tools/testing/selftests/kvm/x.c\n",
+        );
+        assert_eq!(Build::of(&mixed), Build::Kernel);
+        assert_eq!(Build::of(&[]), Build::Kernel);
+    }
 }

@@ -509,7 +509,7 @@ const PERF_FLAGS: &[&str] = &[
 
 /// Builds perf from `tree` into `<out>/perf/` (incrementally) and returns
 /// the binary.
-fn build_perf(tree: &Path, out: &Path) -> Result<PathBuf> {
+pub fn build_perf(tree: &Path, out: &Path) -> Result<PathBuf> {
     let dir = out.join("perf");
     fs::create_dir_all(&dir)?;
     cmd::run(
